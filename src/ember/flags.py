@@ -1,0 +1,11 @@
+"""Every environment variable ember reads is declared here, once; nothing else reads os.environ."""
+
+from __future__ import annotations
+
+import os
+
+#: Threads for NumPy/BLAS and native kernels when the caller does not say (0 = library default).
+EMBER_THREADS: int = int(os.environ.get("EMBER_THREADS", "0") or 0)
+
+#: Set to 0 to forbid the per-node fallback to onnx.reference for ops ember does not implement.
+EMBER_ALLOW_FALLBACK: bool = os.environ.get("EMBER_ALLOW_FALLBACK", "1") != "0"

@@ -1,0 +1,206 @@
+"""The user-facing Model: a loaded graph plus compiled Plans, with inputs checked against the signature.
+
+`ember.load(...)` returns one. It knows nothing about where requests come from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from ember.errors import InputError
+from ember.ir import ModelSource, load_model
+from ember.runtime.plan import Plan, compile_graph
+
+Dim = int | str | None  # a fixed size, a symbolic name, or unknown
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a model: its name, element type and shape (dims may be symbolic)."""
+
+    name: str
+    dtype: np.dtype[Any] | None  # None: not a tensor (sequence, optional, map) or unknown
+    shape: tuple[Dim, ...] | None  # None: rank unknown
+
+    def __str__(self) -> str:
+        dims = "?" if self.shape is None else "[" + ", ".join(str(d) if d is not None else "?" for d in self.shape) + "]"
+        return f"{self.name}: {self.dtype if self.dtype is not None else '?'}{dims}"
+
+
+def _spec(value: ir.Value) -> TensorSpec:
+    dtype = None
+    if isinstance(value.type, ir.TensorType) and value.dtype is not None:
+        try:
+            dtype = np.dtype(value.dtype.numpy())
+        except (TypeError, ValueError):
+            dtype = None  # e.g. STRING: checked loosely
+    shape: tuple[Dim, ...] | None = None
+    if value.shape is not None:
+        shape = tuple(
+            d if isinstance(d, int) else (d.value if d.value else None) for d in value.shape
+        )
+    return TensorSpec(value.name, dtype, shape)
+
+
+class Model:
+    """A loaded model, ready to run. Thread-safe: many threads may call `run` at once.
+
+    >>> import numpy as np, ember
+    >>> from ember.zoo import model_path
+    >>> m = ember.load(model_path("mnist_mlp"))
+    >>> x = np.zeros((2, 784), np.float32)
+    >>> m.run({"input": x})["logits"].shape
+    (2, 10)
+    """
+
+    def __init__(self, model: ir.Model, *, exact: bool = False, name: str = "model") -> None:
+        self.ir = model
+        self.exact = exact
+        self.name = name
+        graph = model.graph
+        # An initializer listed as a graph input is a default the caller may override.
+        self._optional_inputs = {v.name for v in graph.inputs if v.name in graph.initializers}
+        self.inputs = [_spec(v) for v in graph.inputs]
+        self.outputs = [_spec(v) for v in graph.outputs]
+        self._values = {v.name: v for v in _all_values(graph)}
+        self._plans: dict[tuple[str, ...], Plan] = {}
+        self._lock = threading.Lock()
+        self.plan()  # compile now: unsupported ops fail at load, not at the first request
+
+    @property
+    def opsets(self) -> dict[str, int]:
+        return dict(self.ir.opset_imports)
+
+    def plan(self, outputs: Sequence[str] | None = None) -> Plan:
+        """The compiled Plan computing `outputs` (default: the graph's outputs); cached."""
+        key = tuple(outputs) if outputs is not None else tuple(o.name for o in self.outputs)
+        plan = self._plans.get(key)
+        if plan is None:
+            wanted = []
+            for name in key:
+                if name not in self._values:
+                    raise InputError(
+                        f"unknown output {name!r}; the model's outputs are "
+                        f"{', '.join(o.name for o in self.outputs)}"
+                    )
+                wanted.append(self._values[name])
+            with self._lock:
+                plan = self._plans.get(key)
+                if plan is None:
+                    plan = compile_graph(self.ir.graph, self.opsets, exact=self.exact, outputs=wanted)
+                    self._plans[key] = plan
+        return plan
+
+    def run(
+        self, inputs: Mapping[str, Any], outputs: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Run the model. `outputs` may name any value in the graph, not only graph outputs."""
+        feeds = self.check_inputs(inputs)
+        plan = self.plan(outputs)
+        graph_inputs = self.ir.graph.inputs
+        args = [feeds.get(v.name, _default(v)) for v in graph_inputs]
+        results = plan.run(args)
+        names = outputs if outputs is not None else [o.name for o in self.outputs]
+        return dict(zip(names, results, strict=True))
+
+    def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate `inputs` against the signature; InputError says expected vs got."""
+        if not isinstance(inputs, Mapping):
+            raise InputError(
+                f"inputs must be a dict of name -> array, got {type(inputs).__name__}; "
+                f"this model takes {', '.join(s.name for s in self.inputs)}"
+            )
+        known = {s.name: s for s in self.inputs}
+        for name in inputs:
+            if name not in known:
+                raise InputError(
+                    f"unknown input {name!r}; the model takes: {', '.join(map(str, self.inputs))}"
+                )
+        feeds: dict[str, Any] = {}
+        bound: dict[str, tuple[int, str, int]] = {}  # symbolic dim -> (size, input, axis)
+        for spec in self.inputs:
+            if spec.name not in inputs:
+                if spec.name in self._optional_inputs:
+                    continue
+                raise InputError(
+                    f"missing input {spec.name!r} (expected {spec}); got inputs: "
+                    f"{', '.join(inputs) or 'none'}"
+                )
+            value = inputs[spec.name]
+            if spec.dtype is None:
+                feeds[spec.name] = value  # sequences, optionals: passed through
+                continue
+            if not isinstance(value, np.ndarray):
+                if isinstance(value, np.generic | int | float | bool | list | tuple):
+                    value = np.asarray(value)
+                else:
+                    raise InputError(
+                        f"input {spec.name!r}: expected a NumPy array, got {type(value).__name__}"
+                    )
+            if value.dtype != spec.dtype and not (spec.dtype.kind in "OUS" and value.dtype.kind in "OUS"):
+                raise InputError(
+                    f"input {spec.name!r}: expected dtype {spec.dtype}, got {value.dtype}; "
+                    f"convert it with .astype(np.{spec.dtype})"
+                )
+            if spec.shape is not None:
+                if value.ndim != len(spec.shape):
+                    raise InputError(
+                        f"input {spec.name!r}: expected rank {len(spec.shape)} "
+                        f"(shape {list(spec.shape)}), got rank {value.ndim} (shape {list(value.shape)})"
+                    )
+                for axis, (want, got) in enumerate(zip(spec.shape, value.shape, strict=True)):
+                    if isinstance(want, int) and want != got:
+                        raise InputError(
+                            f"input {spec.name!r}: expected shape {list(spec.shape)}, got "
+                            f"{list(value.shape)} (axis {axis} must be {want}, got {got})"
+                        )
+                    if isinstance(want, str):
+                        if want in bound and bound[want][0] != got:
+                            size, other, other_axis = bound[want]
+                            raise InputError(
+                                f"input {spec.name!r}: axis {axis} is dim {want!r} = {got}, but "
+                                f"input {other!r} axis {other_axis} set {want!r} = {size}"
+                            )
+                        bound[want] = (got, spec.name, axis)
+            feeds[spec.name] = value
+        return feeds
+
+    def __repr__(self) -> str:
+        ins = ", ".join(map(str, self.inputs))
+        outs = ", ".join(map(str, self.outputs))
+        return f"<ember.Model {self.name!r} ({ins}) -> ({outs})>"
+
+
+def _default(value: ir.Value) -> Any:
+    return value.const_value.numpy() if value.const_value is not None else None
+
+
+def _all_values(graph: ir.Graph) -> list[ir.Value]:
+    values = list(graph.inputs) + list(graph.initializers.values())
+    for n in graph:
+        values.extend(v for v in n.outputs if v.name)
+    return values
+
+
+def load(source: ModelSource, *, exact: bool = False) -> Model:
+    """Load an ONNX model (path, bytes, ModelProto or onnx_ir.Model) and compile it for running.
+
+    `exact=True` accumulates in float64 where the spec allows: the oracle for accuracy reports.
+
+    >>> import ember
+    >>> from ember.zoo import model_path
+    >>> ember.load(model_path("digits_cnn")).inputs[0].shape
+    ('batch', 1, 8, 8)
+    """
+    name = "model"
+    if isinstance(source, str) or hasattr(source, "__fspath__"):
+        from pathlib import Path
+
+        name = Path(source).stem  # type: ignore[arg-type]
+    return Model(load_model(source), exact=exact, name=name)

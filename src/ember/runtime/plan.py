@@ -1,0 +1,329 @@
+"""compile(graph) -> Plan: a flat, prebuilt list of steps that Plan.run executes.
+
+Compilation resolves every node to its op function once, converts attributes once, gives every value
+a slot in a per-call environment list, and records after which step each slot is last used so that
+intermediates are freed as soon as possible. Plan.run does no graph walking and keeps no state: many
+threads may run one Plan at once. Subgraph attributes (If, Loop, Scan) compile to nested Plans that
+read captured outer-scope values from the caller's environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from ember import flags
+from ember.errors import EmberError, ExecutionError, UnsupportedError
+from ember.ir.verify import topological_order
+from ember.ops import registry
+from ember.ops.registry import OpContext
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    node: ir.Node
+    fn: Callable[..., Any]
+    inputs: tuple[int | None, ...]  # slot per node input; None = omitted optional input
+    outputs: tuple[int | None, ...]  # slot per node output; None = output nobody reads
+    attrs: Mapping[str, Any]
+    subplans: Mapping[str, Plan]  # graph attributes
+    frees: tuple[int, ...]  # slots last read by this step
+    fallback: bool  # runs through onnx.reference, not an ember op
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """An executable graph. Build with `compile_graph`; run with `run` (thread-safe)."""
+
+    graph: ir.Graph
+    steps: tuple[Step, ...]
+    n_slots: int
+    constants: tuple[tuple[int, np.ndarray], ...]  # (slot, initializer value)
+    input_slots: tuple[int, ...]  # graph inputs, in order (subgraph: its formal inputs)
+    output_slots: tuple[int, ...]
+    captures: tuple[tuple[ir.Value, int], ...]  # outer-scope values this graph reads
+
+    @property
+    def fallback_nodes(self) -> list[ir.Node]:
+        """Nodes (including inside subgraphs) that run through the onnx.reference fallback."""
+        nodes = []
+        for s in self.steps:
+            if s.fallback:
+                nodes.append(s.node)
+            for sub in s.subplans.values():
+                nodes.extend(sub.fallback_nodes)
+        return nodes
+
+    def run(self, inputs: Sequence[Any], outer: Mapping[ir.Value, Any] | None = None) -> list[Any]:
+        """Run on positional `inputs` (one per graph input); returns one value per output."""
+        env: list[Any] = [None] * self.n_slots
+        for slot, value in self.constants:
+            env[slot] = value
+        for slot, value in zip(self.input_slots, inputs, strict=True):
+            env[slot] = value
+        for value, slot in self.captures:
+            env[slot] = outer[value] if outer is not None else None
+        for step in self.steps:
+            args = [env[i] if i is not None else None for i in step.inputs]
+            kwargs = dict(step.attrs)
+            for name, sub in step.subplans.items():
+                kwargs[name] = Subgraph(sub, env)
+            try:
+                result = step.fn(*args, **kwargs)
+            except EmberError:
+                raise
+            except Exception as e:
+                n = step.node
+                raise ExecutionError(
+                    f"node {n.name!r} ({n.op_type}) failed: {type(e).__name__}: {e}"
+                ) from e
+            if not isinstance(result, tuple):  # a list is one sequence value, a tuple many outputs
+                result = (result,)
+            for slot, value in zip(step.outputs, result, strict=False):
+                if slot is not None:
+                    env[slot] = value
+            for slot in step.frees:
+                env[slot] = None
+        return [env[s] for s in self.output_slots]
+
+
+class Subgraph:
+    """A graph attribute bound to the environment of the node that runs it: call it like a function.
+
+    `body(*inputs)` returns the list of the subgraph's outputs. Outer-scope values are read from the
+    enclosing environment at call time.
+    """
+
+    def __init__(self, plan: Plan, env: list[Any]) -> None:
+        self.plan = plan
+        self._env = env
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.plan.input_slots)
+
+    def __call__(self, *inputs: Any) -> list[Any]:
+        outer = {v: self._env[s] for v, s in self.plan.captures}
+        return self.plan.run(inputs, outer)
+
+
+def compile_graph(
+    graph: ir.Graph,
+    opsets: Mapping[str, int],
+    *,
+    exact: bool = False,
+    outputs: Sequence[ir.Value] | None = None,
+    allow_fallback: bool | None = None,
+) -> Plan:
+    """Compile `graph` (already verified) into a Plan computing `outputs` (default: graph outputs).
+
+    Raises UnsupportedError listing every node whose op ember cannot run.
+    """
+    allow_fallback = flags.EMBER_ALLOW_FALLBACK if allow_fallback is None else allow_fallback
+    wanted = list(graph.outputs) if outputs is None else list(outputs)
+    nodes = _needed_nodes(graph, wanted)
+
+    slots: dict[ir.Value, int] = {}
+
+    def slot(v: ir.Value) -> int:
+        if v not in slots:
+            slots[v] = len(slots)
+        return slots[v]
+
+    input_slots = tuple(slot(v) for v in graph.inputs)
+    constants = []
+    for v in graph.initializers.values():
+        if v in slots and v in graph.inputs:
+            continue  # an initializer that is also an input: the caller's value wins
+        if v.const_value is not None:
+            constants.append((slot(v), v.const_value.numpy()))
+
+    produced = set(graph.inputs) | set(graph.initializers.values())
+    for n in nodes:
+        produced.update(o for o in n.outputs)
+
+    captures: list[tuple[ir.Value, int]] = []
+    steps_raw = []
+    unsupported: list[str] = []
+    for node in nodes:
+        opset = opsets.get(node.domain, 0)
+        record = registry.find(node.op_type, node.domain, opset)
+        in_slots: list[int | None] = []
+        for v in node.inputs:
+            if v is None or v.name == "":
+                in_slots.append(None)
+                continue
+            if v not in produced and v not in slots:
+                captures.append((v, slot(v)))
+            in_slots.append(slot(v))
+        subplans: dict[str, Plan] = {}
+        for name, attr in node.attributes.items():
+            if attr.type == ir.AttributeType.GRAPH:
+                subplans[name] = _compile_subgraph(attr.value, opsets, exact, allow_fallback)
+        for sub in subplans.values():
+            for v, _ in sub.captures:
+                if v not in produced and v not in slots:
+                    captures.append((v, slot(v)))
+        if record is not None:
+            try:
+                fn, attrs = _bind_op(record, node, opset, exact)
+            except UnsupportedError as e:
+                unsupported.append(str(e))
+                continue
+            fallback = False
+        elif allow_fallback and not subplans:
+            fn, attrs, fallback = _reference_fallback(node, opsets), {}, True
+        else:
+            where = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+            unsupported.append(f"node {node.name!r}: op {where} (opset {opset})")
+            continue
+        out_slots = tuple(slot(v) if v is not None and v.name else None for v in node.outputs)
+        steps_raw.append((node, fn, tuple(in_slots), out_slots, attrs, subplans, fallback))
+
+    if unsupported:
+        raise UnsupportedError(
+            "ember cannot run this model; unsupported: " + "; ".join(unsupported)
+        )
+
+    output_slots = tuple(slot(v) for v in wanted)
+    # Free a slot right after its last reader, unless it is an output of the whole graph.
+    last_use: dict[int, int] = {}
+    for i, (_, _, ins, _, _, subplans, _) in enumerate(steps_raw):
+        for s in ins:
+            if s is not None:
+                last_use[s] = i
+        for sub in subplans.values():
+            for v, _ in sub.captures:
+                last_use[slots[v]] = i
+    keep = set(output_slots)
+    frees: list[list[int]] = [[] for _ in steps_raw]
+    for s, i in last_use.items():
+        if s not in keep:
+            frees[i].append(s)
+    steps = tuple(
+        Step(node, fn, ins, outs, attrs, subplans, tuple(frees[i]), fallback)
+        for i, (node, fn, ins, outs, attrs, subplans, fallback) in enumerate(steps_raw)
+    )
+    return Plan(
+        graph=graph,
+        steps=steps,
+        n_slots=len(slots),
+        constants=tuple(constants),
+        input_slots=input_slots,
+        output_slots=output_slots,
+        captures=tuple(captures),
+    )
+
+
+def _compile_subgraph(
+    graph: ir.Graph, opsets: Mapping[str, int], exact: bool, allow_fallback: bool
+) -> Plan:
+    return compile_graph(graph, opsets, exact=exact, allow_fallback=allow_fallback)
+
+
+def _needed_nodes(graph: ir.Graph, wanted: Sequence[ir.Value]) -> list[ir.Node]:
+    """Nodes in topological order, dropping those that no wanted value depends on."""
+    order = topological_order(graph)
+    needed: set[ir.Node] = set()
+    stack = [v.producer() for v in wanted if v.producer() is not None]
+    while stack:
+        n = stack.pop()
+        if n is None or n in needed or n.graph is not graph:
+            continue
+        needed.add(n)
+        for v in n.inputs:
+            if v is not None and v.producer() is not None:
+                stack.append(v.producer())
+        for attr in n.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                for v in _graph_captures(attr.value):
+                    if v.producer() is not None:
+                        stack.append(v.producer())
+    return [n for n in order if n in needed]
+
+
+def _graph_captures(graph: ir.Graph) -> list[ir.Value]:
+    """Values a subgraph (or its own subgraphs) reads from an enclosing scope."""
+    own = set(graph.inputs) | set(graph.initializers.values())
+    for n in graph:
+        own.update(n.outputs)
+    out = []
+    for n in graph:
+        for v in n.inputs:
+            if v is not None and v.name and v not in own:
+                out.append(v)
+        for attr in n.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                out.extend(v for v in _graph_captures(attr.value) if v not in own)
+    return out
+
+
+def _bind_op(
+    record: registry.OpRecord, node: ir.Node, opset: int, exact: bool
+) -> tuple[Callable[..., Any], dict[str, Any]]:
+    attrs: dict[str, Any] = {}
+    for name, attr in node.attributes.items():
+        if attr.type == ir.AttributeType.GRAPH:
+            continue
+        if name not in record.attributes and not record.accepts_any_attribute:
+            raise UnsupportedError(
+                f"node {node.name!r} ({record.op_type}): attribute {name!r} is not supported "
+                f"(ember knows: {', '.join(sorted(record.attributes)) or 'none'})"
+            )
+        attrs[name] = attribute_value(attr)
+    if record.wants_ctx:
+        attrs["ctx"] = OpContext(exact=exact, n_outputs=len(node.outputs), opset=opset)
+    return record.fn, attrs
+
+
+def attribute_value(attr: ir.Attr) -> Any:
+    """An ONNX attribute as the plain Python/NumPy value an op function takes."""
+    t = attr.type
+    v = attr.value
+    if t == ir.AttributeType.STRING:
+        return v.decode() if isinstance(v, bytes) else v
+    if t == ir.AttributeType.STRINGS:
+        return [s.decode() if isinstance(s, bytes) else s for s in v]
+    if t == ir.AttributeType.INTS:
+        return [int(i) for i in v]
+    if t == ir.AttributeType.FLOATS:
+        return [float(f) for f in v]
+    if t == ir.AttributeType.TENSOR:
+        return v.numpy()
+    if t == ir.AttributeType.TENSORS:
+        return [x.numpy() for x in v]
+    if t == ir.AttributeType.SPARSE_TENSOR:
+        return _sparse_to_dense(v)
+    return v
+
+
+def _sparse_to_dense(sparse: Any) -> np.ndarray:
+    proto = sparse if hasattr(sparse, "values") else ir.serde.serialize_tensor(sparse)
+    from onnx import numpy_helper
+
+    values = numpy_helper.to_array(proto.values)
+    indices = numpy_helper.to_array(proto.indices)
+    dense = np.zeros(int(np.prod(proto.dims)), dtype=values.dtype)
+    flat = indices if indices.ndim == 1 else np.ravel_multi_index(indices.T, tuple(proto.dims))
+    dense[flat] = values
+    return dense.reshape(tuple(proto.dims))
+
+
+def _reference_fallback(node: ir.Node, opsets: Mapping[str, int]) -> Callable[..., Any]:
+    """Run one node through onnx.reference; only for ops ember itself does not implement."""
+    from onnx.reference import ReferenceEvaluator
+
+    proto = ir.serde.serialize_node(node)
+    # The evaluator names its inputs after the node's; give omitted inputs no name.
+    evaluator = ReferenceEvaluator(proto, opsets=dict(opsets))
+    input_names = [v.name if v is not None else "" for v in node.inputs]
+
+    def run_reference(*args: Any) -> tuple[Any, ...]:
+        feeds = {n: a for n, a in zip(input_names, args, strict=True) if n}
+        return tuple(evaluator.run(None, feeds))
+
+    return run_reference
