@@ -4,6 +4,8 @@ Knows nothing about kernels or devices. ember has no IR of its own: it is onnx_i
 """
 
 from ember.ir.load import ModelSource, infer_shapes, load_model, save_model
-from ember.ir.verify import topological_order, verify
+from ember.ir.verify import describe, topological_order, verify
 
-__all__ = ["ModelSource", "infer_shapes", "load_model", "save_model", "topological_order", "verify"]
+__all__ = [
+    "ModelSource",
+    "describe", "infer_shapes", "load_model", "save_model", "topological_order", "verify"]

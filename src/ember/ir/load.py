@@ -66,7 +66,10 @@ def _from_proto(proto: onnx.ModelProto, where: str) -> ir.Model:
     try:
         return ir.serde.deserialize_model(proto)
     except Exception as e:
-        raise ModelError(f"{where}: the ONNX model is malformed: {e}") from e
+        root: BaseException = e
+        while root.__cause__ is not None:  # onnx_ir wraps the useful message in SerdeErrors
+            root = root.__cause__
+        raise ModelError(f"{where}: the ONNX model is malformed: {root}") from e
 
 
 def _from_path(path: Path) -> ir.Model:
@@ -81,7 +84,7 @@ def _from_path(path: Path) -> ir.Model:
     for tensor in _initializer_tensors(model):
         if isinstance(tensor, ir.ExternalTensor):
             tensor.base_dir = base
-            if not Path(tensor.path).is_absolute() and not (path.parent / tensor.location).exists():
+            if not Path(tensor.path).exists():
                 raise ModelError(
                     f"{path}: initializer {tensor.name!r} lives in external file "
                     f"{tensor.location!r}, which is missing from {base}"

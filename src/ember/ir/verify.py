@@ -14,9 +14,14 @@ import onnx_ir as ir
 from ember.errors import ModelError
 
 
-def _where(node: ir.Node) -> str:
+def describe(node: ir.Node) -> str:
+    """How errors name a node: `node 'conv1' (Conv)`, or by position when it has no name."""
     kind = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
-    return f"node {node.name or '<unnamed>'!r} ({kind})"
+    if node.name:
+        return f"node {node.name!r} ({kind})"
+    graph = node.graph
+    index = next((i for i, n in enumerate(graph) if n is node), None) if graph is not None else None
+    return f"unnamed node #{index} ({kind})" if index is not None else f"unnamed node ({kind})"
 
 
 def _subgraph_reads(node: ir.Node) -> list[ir.Value]:
@@ -69,7 +74,7 @@ def topological_order(graph: ir.Graph) -> list[ir.Node]:
                 heapq.heappush(ready, u)
     if len(order) != len(nodes):
         stuck = [nodes[i] for i, w in enumerate(waiting) if w > 0]
-        names = ", ".join(_where(n) for n in stuck[:5])
+        names = ", ".join(describe(n) for n in stuck[:5])
         raise ModelError(
             f"graph {graph.name!r} has a cycle: {len(stuck)} nodes wait on each other, "
             f"among them {names}"
@@ -87,24 +92,24 @@ def verify_graph(graph: ir.Graph, opsets: dict[str, int], outer: frozenset[ir.Va
                 continue
             if v.name in producers:
                 raise ModelError(
-                    f"value {v.name!r} is produced twice: by {_where(producers[v.name])} "
-                    f"and by {_where(n)}"
+                    f"value {v.name!r} is produced twice: by {describe(producers[v.name])} "
+                    f"and by {describe(n)}"
                 )
             producers[v.name] = n
             available.add(v)
     for v in graph.inputs:
         if v.name in producers:
-            raise ModelError(f"graph input {v.name!r} is also produced by {_where(producers[v.name])}")
+            raise ModelError(f"graph input {v.name!r} is also produced by {describe(producers[v.name])}")
     for n in graph:
         if (n.domain or "") not in opsets and not (n.domain == "ai.onnx" and "" in opsets):
             raise ModelError(
-                f"{_where(n)} uses domain {n.domain!r}, which the model does not import "
+                f"{describe(n)} uses domain {n.domain!r}, which the model does not import "
                 f"(opset_import has: {', '.join(repr(d) for d in opsets) or 'nothing'})"
             )
         for i, v in enumerate(n.inputs):
             if v is not None and v.name and v not in available:
                 raise ModelError(
-                    f"{_where(n)} input {i} {v.name!r} is not produced by any node, graph input, "
+                    f"{describe(n)} input {i} {v.name!r} is not produced by any node, graph input, "
                     "initializer or enclosing graph"
                 )
     for v in graph.outputs:

@@ -33,7 +33,8 @@ class TensorSpec:
         return f"{self.name}: {self.dtype if self.dtype is not None else '?'}{dims}"
 
 
-def _spec(value: ir.Value) -> TensorSpec:
+def tensor_spec(value: ir.Value) -> TensorSpec:
+    """The TensorSpec of a graph value (dtype None for non-tensors, dims None when unknown)."""
     dtype = None
     if isinstance(value.type, ir.TensorType) and value.dtype is not None:
         try:
@@ -66,8 +67,8 @@ class Model:
         graph = model.graph
         # An initializer listed as a graph input is a default the caller may override.
         self._optional_inputs = {v.name for v in graph.inputs if v.name in graph.initializers}
-        self.inputs = [_spec(v) for v in graph.inputs]
-        self.outputs = [_spec(v) for v in graph.outputs]
+        self.inputs = [tensor_spec(v) for v in graph.inputs]
+        self.outputs = [tensor_spec(v) for v in graph.outputs]
         self._values = {v.name: v for v in _all_values(graph)}
         self._plans: dict[tuple[str, ...], Plan] = {}
         self._lock = threading.Lock()

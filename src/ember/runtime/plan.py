@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from ember import flags
 from ember.errors import EmberError, ExecutionError, UnsupportedError
-from ember.ir.verify import topological_order
+from ember.ir.verify import describe, topological_order
 from ember.ops import registry
 from ember.ops.registry import OpContext
 
@@ -77,9 +77,8 @@ class Plan:
             except EmberError:
                 raise
             except Exception as e:
-                n = step.node
                 raise ExecutionError(
-                    f"node {n.name!r} ({n.op_type}) failed: {type(e).__name__}: {e}"
+                    f"{describe(step.node)} failed: {type(e).__name__}: {e}"
                 ) from e
             if not isinstance(result, tuple):  # a list is one sequence value, a tuple many outputs
                 result = (result,)
@@ -175,11 +174,11 @@ def compile_graph(
                 unsupported.append(str(e))
                 continue
             fallback = False
-        elif allow_fallback and not subplans:
-            fn, attrs, fallback = _reference_fallback(node, opsets), {}, True
+        elif allow_fallback and not subplans and (ref := _reference_fallback(node, opsets)):
+            fn, attrs, fallback = ref, {}, True
         else:
             where = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
-            unsupported.append(f"node {node.name!r}: op {where} (opset {opset})")
+            unsupported.append(f"{describe(node)}: op {where} (opset {opset}) is not implemented")
             continue
         out_slots = tuple(slot(v) if v is not None and v.name else None for v in node.outputs)
         steps_raw.append((node, fn, tuple(in_slots), out_slots, attrs, subplans, fallback))
@@ -271,7 +270,7 @@ def _bind_op(
             continue
         if name not in record.attributes and not record.accepts_any_attribute:
             raise UnsupportedError(
-                f"node {node.name!r} ({record.op_type}): attribute {name!r} is not supported "
+                f"{describe(node)}: attribute {name!r} is not supported "
                 f"(ember knows: {', '.join(sorted(record.attributes)) or 'none'})"
             )
         attrs[name] = attribute_value(attr)
@@ -313,13 +312,18 @@ def _sparse_to_dense(sparse: Any) -> np.ndarray:
     return dense.reshape(tuple(proto.dims))
 
 
-def _reference_fallback(node: ir.Node, opsets: Mapping[str, int]) -> Callable[..., Any]:
-    """Run one node through onnx.reference; only for ops ember itself does not implement."""
+def _reference_fallback(node: ir.Node, opsets: Mapping[str, int]) -> Callable[..., Any] | None:
+    """Run one node through onnx.reference; only for ops ember itself does not implement.
+
+    None when onnx.reference cannot run it either.
+    """
     from onnx.reference import ReferenceEvaluator
 
     proto = ir.serde.serialize_node(node)
-    # The evaluator names its inputs after the node's; give omitted inputs no name.
-    evaluator = ReferenceEvaluator(proto, opsets=dict(opsets))
+    try:
+        evaluator = ReferenceEvaluator(proto, opsets=dict(opsets))
+    except Exception:  # noqa: BLE001  (any failure here means: no fallback for this node)
+        return None
     input_names = [v.name if v is not None else "" for v in node.inputs]
 
     def run_reference(*args: Any) -> tuple[Any, ...]:

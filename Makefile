@@ -1,0 +1,41 @@
+# Every install step lives here and in pyproject.toml: `make demo` and `make test` work on a fresh
+# clone on a bare machine (Python >= 3.11 and a C++ compiler).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The native extension is rebuilt whenever its sources or the build description change.
+NATIVE_SRC := pyproject.toml CMakeLists.txt $(wildcard src/ember/kernels/cpu/csrc/*)
+
+.PHONY: demo test lint install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Core install: ember and what it needs to run.
+$(VENV)/.installed: $(BIN)/python $(NATIVE_SRC)
+	$(BIN)/pip install --quiet "scikit-build-core>=0.10" "nanobind>=2.4"
+	$(BIN)/pip install --quiet --no-build-isolation --editable .
+	touch $@
+
+# Test install: the dev tools, the CPU build of torch and the models the tests use.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install --quiet "scikit-build-core>=0.10" "nanobind>=2.4"
+	$(BIN)/pip install --quiet --no-build-isolation --editable ".[dev,zoo,torch,test]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m ember.demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/mypy
+
+clean:
+	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,237 @@
+"""The `ember` command: parses arguments, calls the library, prints. No logic of its own.
+
+    ember inspect model.onnx
+    ember run model.onnx --random --batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ember.errors import ConfigError, EmberError
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _fmt_count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def _parse_dims(items: Sequence[str]) -> dict[str, int]:
+    dims = {}
+    for item in items:
+        name, sep, size = item.partition("=")
+        if not sep or not size.isdigit() or int(size) < 1:
+            raise ConfigError(f"--dim {item!r}: expected NAME=SIZE with a positive size, e.g. seq=128")
+        dims[name] = int(size)
+    return dims
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ember.ir import load_model
+    from ember.ir.analysis import model_stats
+    from ember.runtime.model import tensor_spec
+    from ember.runtime.plan import compile_graph
+
+    console = _console()
+    model = load_model(args.model)
+    dims = _parse_dims(args.dim)
+    if args.batch is not None:
+        dims.setdefault("batch", args.batch)
+    stats = model_stats(model, dims)
+    unsupported: list[str] = []
+    fallback: list[str] = []
+    try:
+        plan = compile_graph(model.graph, dict(model.opset_imports), allow_fallback=True)
+        fallback = sorted({f"{n.op_type} ({n.name or 'unnamed'})" for n in plan.fallback_nodes})
+    except EmberError as e:
+        unsupported.append(str(e))
+    console.print(f"[bold]{escape(str(args.model))}[/bold]")
+    opsets = ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in sorted(model.opset_imports.items()))
+    console.print(f"opsets: {opsets}    producer: {model.producer_name or '?'} {model.producer_version or ''}")
+    for title, values in (("inputs", model.graph.inputs), ("outputs", model.graph.outputs)):
+        table = Table(title=title, title_justify="left")
+        for col in ("name", "dtype", "shape"):
+            table.add_column(col)
+        if title == "inputs":
+            values = [v for v in values if v.name not in model.graph.initializers]
+        for v in values:
+            s = tensor_spec(v)
+            shape = "?" if s.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in s.shape) + "]"
+            dtype = str(s.dtype) if s.dtype is not None else str(v.type or "?")
+            table.add_row(escape(s.name), escape(dtype), escape(shape))
+        console.print(table)
+    console.print(
+        f"parameters: {_fmt_count(stats.n_params)} ({_fmt_bytes(stats.size_params)})    "
+        f"nodes: {sum(stats.op_counts.values())}"
+    )
+    if stats.flops is not None:
+        bound = ", ".join(f"{k}={v}" for k, v in stats.dims.items()) or "static shapes"
+        console.print(f"FLOPs (estimate, {bound}): {_fmt_count(stats.flops)}")
+    else:
+        console.print("FLOPs: could not be estimated (shape inference failed)")
+    hist = Table(title="ops", title_justify="left")
+    hist.add_column("op")
+    hist.add_column("count", justify="right")
+    for name, count in stats.op_counts.items():
+        hist.add_row(escape(name), str(count))
+    console.print(hist)
+    if fallback:
+        console.print(
+            "runs through the onnx.reference fallback (slow, not an ember kernel): "
+            + escape(", ".join(fallback))
+        )
+    if unsupported:
+        console.print("[red]unsupported:[/red] " + escape("; ".join(unsupported)))
+        return 1
+    console.print("unsupported ops: none")
+    return 0
+
+
+def _random_inputs(model: Any, batch: int, dims: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in model.inputs:
+        if spec.dtype is None or spec.shape is None:
+            raise ConfigError(
+                f"--random cannot make input {spec.name!r} ({spec}): give it with --input"
+            )
+        shape = []
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, int):
+                shape.append(d)
+            elif d is not None and d in dims:
+                shape.append(dims[d])
+            else:
+                shape.append(batch if axis == 0 else 1)
+        kind = spec.dtype.kind
+        if kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif kind in "iu":
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
+        elif kind == "b":
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            raise ConfigError(f"--random cannot make {spec.dtype} input {spec.name!r}: give it with --input")
+    return feeds
+
+
+def _load_inputs(items: Sequence[str]) -> dict[str, np.ndarray]:
+    feeds = {}
+    for item in items:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise ConfigError(f"--input {item!r}: expected NAME=FILE.npy")
+        path = Path(file)
+        if not path.exists():
+            raise ConfigError(f"--input {name}: no such file {file!r}")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise ConfigError(f"--input {name}: {file!r} is not a .npy array ({e})") from None
+    return feeds
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays to `path` atomically: a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    import ember
+
+    console = _console()
+    if bool(args.input) == bool(args.random):
+        raise ConfigError("give either --input NAME=FILE.npy (once per input) or --random")
+    model = ember.load(args.model, exact=args.exact)
+    dims = _parse_dims(args.dim)
+    feeds = _random_inputs(model, args.batch, dims, args.seed) if args.random else _load_inputs(args.input)
+    start = time.perf_counter()
+    outputs = model.run(feeds)
+    elapsed = time.perf_counter() - start
+    for name, value in feeds.items():
+        console.print(f"input  {name}: {value.dtype}{list(value.shape)}", markup=False)
+    for name, value in outputs.items():
+        arr = np.asarray(value)
+        line = f"output {name}: {arr.dtype}{list(arr.shape)}"
+        if arr.size and arr.dtype.kind in "fiub":
+            a = arr.astype(np.float64)
+            line += f"  min {a.min():.4g}  max {a.max():.4g}  mean {a.mean():.4g}"
+            if arr.dtype.kind == "f" and arr.ndim == 2 and arr.shape[1] > 1:
+                line += f"  argmax[:8] {arr.argmax(axis=1)[:8].tolist()}"
+        console.print(line, markup=False)
+    out = Path(args.output) if args.output else Path(Path(args.model).stem + ".outputs.npz")
+    save_npz(out, {k: np.asarray(v) for k, v in outputs.items()})
+    console.print(f"ran in {elapsed * 1e3:.2f} ms; outputs saved to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ember", description="Run ONNX models fast, small and exactly.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ins = sub.add_parser("inspect", help="inputs, outputs, opsets, op histogram, params, FLOPs")
+    ins.add_argument("model")
+    ins.add_argument("--batch", type=int, default=None, help="bind the symbolic dim `batch` (FLOPs)")
+    ins.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE", help="bind a symbolic dim")
+    ins.set_defaults(func=cmd_inspect)
+
+    run = sub.add_parser("run", help="run a model once on given or random inputs, save outputs")
+    run.add_argument("model")
+    run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    run.add_argument("--random", action="store_true", help="random inputs of the model's signature")
+    run.add_argument("--batch", type=int, default=1, help="size of a symbolic first axis with --random")
+    run.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE", help="bind a symbolic dim")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--exact", action="store_true", help="float64 accumulation (the oracle mode)")
+    run.add_argument("-o", "--output", help="where to save outputs (default: MODEL.outputs.npz)")
+    run.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EmberError as e:
+        print(f"ember {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

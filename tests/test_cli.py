@@ -1,0 +1,74 @@
+"""`ember inspect` and `ember run` on a model with a dynamic batch dim, and their errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from ember.cli import main
+from tests.models import mlp, mlp_reference
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp(), path)
+    return path
+
+
+def test_inspect_dynamic_batch(model_file, capsys) -> None:
+    assert main(["inspect", str(model_file), "--batch", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "[batch, 4]" in out and "[batch, 3]" in out
+    assert "ai.onnx 17" in out
+    assert "parameters: 15" in out
+    # MatMul 2*8*4*3 = 192, Add 24, Relu 24.
+    assert "FLOPs (estimate, batch=8): 240" in out
+    assert "MatMul" in out and "Relu" in out
+    assert "unsupported ops: none" in out
+
+
+def test_run_random_dynamic_batch(model_file, tmp_path, capsys) -> None:
+    out_file = tmp_path / "out.npz"
+    assert main(["run", str(model_file), "--random", "--batch", "6", "-o", str(out_file)]) == 0
+    text = capsys.readouterr().out
+    assert "output y: float32[6, 3]" in text
+    assert np.load(out_file)["y"].shape == (6, 3)
+
+
+def test_run_with_input_files(model_file, tmp_path, capsys) -> None:
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out_file = tmp_path / "o.npz"
+    assert main(["run", str(model_file), "--input", f"x={tmp_path / 'x.npy'}", "-o", str(out_file)]) == 0
+    np.testing.assert_allclose(np.load(out_file)["y"], mlp_reference(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "{model}", "--random", "--input", "x=a.npy"], "give either --input"),
+        (["run", "{model}", "--input", "x"], "expected NAME=FILE.npy"),
+        (["run", "{model}", "--input", "x={tmp}/missing.npy"], "no such file"),
+        (["run", "{model}", "--input", "x={tmp}/x64.npy"], "expected dtype float32, got float64"),
+        (["run", "{tmp}/nothing.onnx", "--random"], "nothing.onnx: no such file"),
+        (["inspect", "{tmp}/garbage.onnx"], "not a valid ONNX file"),
+        (["inspect", "{model}", "--dim", "seq"], "expected NAME=SIZE"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(args, message, model_file, tmp_path, capsys) -> None:
+    np.save(tmp_path / "x64.npy", np.zeros((1, 4)))
+    (tmp_path / "garbage.onnx").write_bytes(b"\x08\x07garbage\xff\xff\xff")
+    argv = [a.format(model=model_file, tmp=tmp_path) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_failed_run_writes_no_output(model_file, tmp_path) -> None:
+    np.save(tmp_path / "bad.npy", np.zeros((2, 9), np.float32))
+    out_file = tmp_path / "o.npz"
+    assert main(["run", str(model_file), "--input", f"x={tmp_path / 'bad.npy'}", "-o", str(out_file)]) == 2
+    assert not out_file.exists()
