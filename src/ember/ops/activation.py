@@ -117,7 +117,11 @@ def PRelu_6(X, slope):
 @op
 def PRelu_7(X, slope):
     # Opsets 9 and 16 only add types (integers, bfloat16).
-    if np.broadcast_shapes(X.shape, slope.shape) != X.shape:
+    try:
+        fits = np.broadcast_shapes(X.shape, slope.shape) == X.shape
+    except ValueError:
+        fits = False
+    if not fits:
         raise ValueError(
             f"PRelu: slope of shape {slope.shape} is not unidirectionally broadcastable to "
             f"X of shape {X.shape}"
@@ -129,7 +133,7 @@ def PRelu_7(X, slope):
 @op
 def ThresholdedRelu_10(X, *, alpha=1.0):
     _float_input(X, "ThresholdedRelu")
-    return np.where(X > alpha, X, 0).astype(X.dtype)
+    return np.where(alpha < X, X, 0).astype(X.dtype)
 
 
 # --- exponential-linear family -------------------------------------------------------------------

@@ -47,7 +47,7 @@ class Window:
 
 
 def spatial_attr(value: list[int] | None, n: int, default: int, name: str) -> tuple[int, ...]:
-    """An attribute with one int per spatial axis (strides, dilations...); ValueError if mis-sized."""
+    """One int per spatial axis (strides, dilations...), or ValueError naming the attribute."""
     if value is None:
         return (default,) * n
     if len(value) != n:
@@ -73,7 +73,9 @@ def window_geometry(
     n = len(in_shape)
     kernel = tuple(int(k) for k in kernel)
     if len(kernel) != n:
-        raise ValueError(f"kernel_shape has {len(kernel)} values, expected {n} (one per spatial axis)")
+        raise ValueError(
+            f"kernel_shape has {len(kernel)} values, expected {n} (one per spatial axis)"
+        )
     s = spatial_attr(strides, n, 1, "strides")
     d = spatial_attr(dilations, n, 1, "dilations")
     for name, vals in (("kernel_shape", kernel), ("strides", s), ("dilations", d)):
@@ -87,7 +89,10 @@ def window_geometry(
         # Output = ceil(in / stride) whatever ceil_mode says; the padding is whatever that needs
         # (never negative), the odd pixel going to the end (UPPER) or the beginning (LOWER).
         out = [-(-i // st) for i, st in zip(in_shape, s, strict=True)]
-        total = [max(0, (o - 1) * st + e - i) for o, st, e, i in zip(out, s, extent, in_shape, strict=True)]
+        total = [
+            max(0, (o - 1) * st + e - i)
+            for o, st, e, i in zip(out, s, extent, in_shape, strict=True)
+        ]
         small = [t // 2 for t in total]
         big = [t - t // 2 for t in total]
         pb, pe = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
@@ -97,7 +102,9 @@ def window_geometry(
         pb, pe = [0] * n, [0] * n
     else:
         if len(pads) != 2 * n:
-            raise ValueError(f"pads has {len(pads)} values, expected {2 * n} (begin and end per axis)")
+            raise ValueError(
+                f"pads has {len(pads)} values, expected {2 * n} (begin and end per axis)"
+            )
         pb, pe = [int(p) for p in pads[:n]], [int(p) for p in pads[n:]]
         if any(p < 0 for p in pb + pe):
             raise ValueError(f"pads={list(pads)} must be non-negative")
@@ -107,8 +114,8 @@ def window_geometry(
         span = in_shape[i] + pb[i] + pe[i] - extent[i]
         if span < 0:
             raise ValueError(
-                f"spatial axis {i}: the window extent {extent[i]} (kernel {kernel[i]}, dilation {d[i]}) "
-                f"is larger than the padded input {in_shape[i] + pb[i] + pe[i]}"
+                f"spatial axis {i}: the window extent {extent[i]} (kernel {kernel[i]}, "
+                f"dilation {d[i]}) is larger than the padded input {in_shape[i] + pb[i] + pe[i]}"
             )
         if ceil_mode:
             o = -(-span // s[i]) + 1
@@ -142,9 +149,10 @@ def extract_windows(x: np.ndarray, win: Window, fill: float | int = 0) -> np.nda
     axes = tuple(range(2, 2 + n))
     v = np.lib.stride_tricks.sliding_window_view(x, ext, axis=axes)  # (N, C, *L, *ext)
     idx = (
-        (slice(None), slice(None))
-        + tuple(slice(None, None, s) for s in win.strides)
-        + tuple(slice(None, None, d) for d in win.dilations)
+        slice(None),
+        slice(None),
+        *(slice(None, None, s) for s in win.strides),
+        *(slice(None, None, d) for d in win.dilations),
     )
     return v[idx]
 
@@ -157,7 +165,7 @@ def work_arrays(ctx: OpContext | None, *arrays: np.ndarray) -> list[np.ndarray]:
     """
     out = []
     for a in accumulate(ctx, *arrays):
-        narrow_float = a.dtype.kind == "f" and a.dtype.itemsize < 4 or a.dtype.name.startswith(
+        narrow_float = (a.dtype.kind == "f" and a.dtype.itemsize < 4) or a.dtype.name.startswith(
             ("bfloat16", "float8")
         )
         if narrow_float:
@@ -169,13 +177,17 @@ def work_arrays(ctx: OpContext | None, *arrays: np.ndarray) -> list[np.ndarray]:
 def _kernel_from(w: np.ndarray, kernel_shape: list[int] | None, op_type: str) -> tuple[int, ...]:
     k = tuple(w.shape[2:])
     if kernel_shape is not None and tuple(kernel_shape) != k:
-        raise ValueError(f"{op_type}: kernel_shape={list(kernel_shape)} does not match W spatial shape {list(k)}")
+        raise ValueError(
+            f"{op_type}: kernel_shape={list(kernel_shape)} does not match W spatial shape {list(k)}"
+        )
     return k
 
 
 def _check_rank(x: np.ndarray, w: np.ndarray, op_type: str) -> None:
     if x.ndim < 3:
-        raise ValueError(f"{op_type}: X must have rank >= 3 (N, C, spatial...), got shape {x.shape}")
+        raise ValueError(
+            f"{op_type}: X must have rank >= 3 (N, C, spatial...), got shape {x.shape}"
+        )
     if w.ndim != x.ndim:
         raise ValueError(f"{op_type}: W has rank {w.ndim} but X has rank {x.ndim}")
 
@@ -210,9 +222,10 @@ def _add_bias(y: np.ndarray, b: np.ndarray | None) -> np.ndarray:
 def _check_groups(C: int, M: int, w_in: int, group: int, op_type: str) -> None:
     if group < 1:
         raise ValueError(f"{op_type}: group={group} must be positive")
-    if C != w_in * group:
+    if w_in * group != C:
         raise ValueError(
-            f"{op_type}: X has {C} channels but W expects {w_in} per group x group={group} = {w_in * group}"
+            f"{op_type}: X has {C} channels but W expects {w_in} per group x group={group} "
+            f"= {w_in * group}"
         )
     if M % group:
         raise ValueError(f"{op_type}: {M} output channels are not divisible by group={group}")
@@ -269,22 +282,29 @@ def scatter_taps(
             slice(t * d, t * d + (i - 1) * s + 1, s)
             for t, d, i, s in zip(tap, dilations, I, strides, strict=True)
         )
-        out[(slice(None), slice(None), *dst)] += cols[(slice(None), slice(None), *tap)]
+        src: tuple[slice | int, ...] = (slice(None), slice(None), *tap)
+        out[(slice(None), slice(None), *dst)] += cols[src]
     return out
 
 
 @op
 def Col2Im(input, image_shape, block_shape, *, dilations=None, pads=None, strides=None):
     if input.ndim != 3:
-        raise ValueError(f"Col2Im: input must have shape (N, C*prod(block_shape), L), got {input.shape}")
+        raise ValueError(
+            f"Col2Im: input must have shape (N, C*prod(block_shape), L), got {input.shape}"
+        )
     image = tuple(as_int_list(image_shape))
     block = tuple(as_int_list(block_shape))
     if len(image) != len(block):
-        raise ValueError(f"Col2Im: image_shape {list(image)} and block_shape {list(block)} differ in length")
+        raise ValueError(
+            f"Col2Im: image_shape {list(image)} and block_shape {list(block)} differ in length"
+        )
     K = math.prod(block)
     N, CK, L = input.shape
     if K == 0 or CK % K:
-        raise ValueError(f"Col2Im: input dimension 1 ({CK}) is not divisible by prod(block_shape)={K}")
+        raise ValueError(
+            f"Col2Im: input dimension 1 ({CK}) is not divisible by prod(block_shape)={K}"
+        )
     win = window_geometry(image, block, strides=strides, dilations=dilations, pads=pads)
     if math.prod(win.out_shape) != L:
         raise ValueError(
@@ -299,9 +319,21 @@ def Col2Im(input, image_shape, block_shape, *, dilations=None, pads=None, stride
 
 
 def _conv_transpose(
-    X, W, B, *, auto_pad, dilations, group, kernel_shape, output_padding, output_shape, pads,
-    strides, ctx, same_upper_extra_at_end,
-):  # fmt: skip
+    X,
+    W,
+    B,
+    *,
+    auto_pad,
+    dilations,
+    group,
+    kernel_shape,
+    output_padding,
+    output_shape,
+    pads,
+    strides,
+    ctx,
+    same_upper_extra_at_end,
+):
     _check_rank(X, W, "ConvTranspose")
     if auto_pad not in _AUTO_PADS:
         raise ValueError(f"auto_pad={auto_pad!r} is not one of {', '.join(_AUTO_PADS)}")
@@ -309,7 +341,9 @@ def _conv_transpose(
     k = _kernel_from(W, kernel_shape, "ConvTranspose")
     N, C = X.shape[:2]
     if group < 1 or C % group or W.shape[0] != C:
-        raise ValueError(f"ConvTranspose: W has {W.shape[0]} input channels, X has {C} (group={group})")
+        raise ValueError(
+            f"ConvTranspose: W has {W.shape[0]} input channels, X has {C} (group={group})"
+        )
     M = W.shape[1] * group
     s = spatial_attr(strides, nd, 1, "strides")
     d = spatial_attr(dilations, nd, 1, "dilations")
@@ -362,7 +396,9 @@ def _conv_transpose(
     cols = cols.transpose(perm).reshape(N, M, *k, *ins)  # (N, M, *K, *I)
     full_shape = tuple(max(nat, b_ + o) for nat, b_, o in zip(natural, pb, out, strict=True))
     full = scatter_taps(cols, s, d, full_shape)
-    y = full[(slice(None), slice(None), *(slice(b_, b_ + o) for b_, o in zip(pb, out, strict=True)))]
+    y = full[
+        (slice(None), slice(None), *(slice(b_, b_ + o) for b_, o in zip(pb, out, strict=True)))
+    ]
     return _add_bias(y, b[0] if b else None).astype(X.dtype, copy=False)
 
 
@@ -384,10 +420,20 @@ def ConvTranspose(
 ):
     # Opset 1-10 text: with computed pads, SAME_UPPER puts the odd pixel at the beginning.
     return _conv_transpose(
-        X, W, B, auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape,
-        output_padding=output_padding, output_shape=output_shape, pads=pads, strides=strides,
-        ctx=ctx, same_upper_extra_at_end=False,
-    )  # fmt: skip
+        X,
+        W,
+        B,
+        auto_pad=auto_pad,
+        dilations=dilations,
+        group=group,
+        kernel_shape=kernel_shape,
+        output_padding=output_padding,
+        output_shape=output_shape,
+        pads=pads,
+        strides=strides,
+        ctx=ctx,
+        same_upper_extra_at_end=False,
+    )
 
 
 @op
@@ -408,10 +454,20 @@ def ConvTranspose_11(
 ):
     # Opset 11+: SAME_UPPER puts the odd pixel at the end, like Conv.
     return _conv_transpose(
-        X, W, B, auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape,
-        output_padding=output_padding, output_shape=output_shape, pads=pads, strides=strides,
-        ctx=ctx, same_upper_extra_at_end=True,
-    )  # fmt: skip
+        X,
+        W,
+        B,
+        auto_pad=auto_pad,
+        dilations=dilations,
+        group=group,
+        kernel_shape=kernel_shape,
+        output_padding=output_padding,
+        output_shape=output_shape,
+        pads=pads,
+        strides=strides,
+        ctx=ctx,
+        same_upper_extra_at_end=True,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -440,7 +496,9 @@ def DeformConv_19(
     N, C = X.shape[:2]
     _check_groups(C, W.shape[0], W.shape[1], group, "DeformConv")
     if offset_group < 1 or C % offset_group:
-        raise ValueError(f"DeformConv: {C} input channels are not divisible by offset_group={offset_group}")
+        raise ValueError(
+            f"DeformConv: {C} input channels are not divisible by offset_group={offset_group}"
+        )
     nd = X.ndim - 2
     S = X.shape[2:]
     win = window_geometry(S, k, strides=strides, dilations=dilations, pads=pads)
@@ -458,7 +516,7 @@ def DeformConv_19(
     b = rest.pop(0) if B is not None else None
     m = rest.pop(0) if mask is not None else None
     off = off.reshape(N, G, Kt, nd, P)
-    # Sampling position of tap t for output p along axis i: the regular grid plus the learned offset.
+    # Where tap t of output p samples along axis i: the regular grid plus the learned offset.
     taps = np.array(list(itertools.product(*(range(kk) for kk in k))), dtype=np.int64)  # (Kt, nd)
     outs = np.stack(np.meshgrid(*(np.arange(o) for o in O), indexing="ij"), -1).reshape(P, nd)
     pos = []

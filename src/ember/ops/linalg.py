@@ -93,7 +93,7 @@ def Gemm(A, B, C, *, alpha=1.0, beta=1.0, broadcast=0, transA=0, transB=0, ctx=N
 
 @op
 def Gemm_7(A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, ctx=None):
-    """Y = alpha * op(A) @ op(B) + beta * C, with C broadcast unidirectionally (optional since 11)."""
+    """Y = alpha * op(A) @ op(B) + beta * C, C broadcast unidirectionally (optional since 11)."""
     return _gemm(A, B, C, alpha, beta, transA, transB, ctx)
 
 
@@ -108,7 +108,9 @@ def Einsum_12(*Inputs, equation, ctx=None):
     eq = equation.replace(" ", "")
     n_terms = len(eq.split("->")[0].split(","))
     if n_terms != len(Inputs):
-        raise ValueError(f"Einsum equation {equation!r} names {n_terms} operands, got {len(Inputs)}")
+        raise ValueError(
+            f"Einsum equation {equation!r} names {n_terms} operands, got {len(Inputs)}"
+        )
     dtype = Inputs[0].dtype
     wt = work_dtype(ctx, dtype)
     args = [x.astype(wt, copy=False) for x in Inputs]

@@ -10,7 +10,6 @@ Sub-byte and float8/float4/float6 types are the ml_dtypes ones, as in onnx's Num
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import ml_dtypes
@@ -18,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ember.ops.common import normalize_axis
+from ember.ops.conv import extract_windows, grouped_matmul, window_geometry
 from ember.ops.registry import op
 
 _INT_QTYPES = {
@@ -49,7 +49,7 @@ _DEQUANT_OUTPUTS = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtyp
 
 
 def onnx_dtype(code: int, *, what: str) -> np.dtype[Any]:
-    """The NumPy dtype of an ONNX TensorProto data type code (attribute values such as output_dtype)."""
+    """The NumPy dtype of an ONNX TensorProto data type code (an output_dtype-like attribute)."""
     try:
         return np.dtype(ir.DataType(int(code)).numpy())
     except (ValueError, TypeError) as e:
@@ -61,7 +61,12 @@ def onnx_dtype(code: int, *, what: str) -> np.dtype[Any]:
 
 
 def expand_qparam(
-    param: np.ndarray, shape: tuple[int, ...], axis: int, block_size: int = 0, *, name: str = "scale"
+    param: np.ndarray,
+    shape: tuple[int, ...],
+    axis: int,
+    block_size: int = 0,
+    *,
+    name: str = "scale",
 ) -> np.ndarray:
     """`param` (a scale or zero point) reshaped/repeated to broadcast against an input of `shape`.
 
@@ -118,15 +123,15 @@ def saturate_cast(v: np.ndarray, dtype: np.dtype[Any], *, saturate: bool = True)
     range; float8/float4/float6 round to nearest even and, when `saturate`, clip to +-max finite."""
     dtype = np.dtype(dtype)
     if dtype in _INT_QTYPES or dtype.kind in "iu":
-        info = ml_dtypes.iinfo(dtype)
-        return np.clip(np.rint(v), info.min, info.max).astype(dtype)
+        ii = ml_dtypes.iinfo(dtype)
+        return np.clip(np.rint(v), ii.min, ii.max).astype(dtype)
     if dtype in _FLOAT_QTYPES:
         v = np.asarray(v)
         if v.dtype not in (np.float32, np.float64):
             v = v.astype(np.float32)
         if saturate:
-            info = ml_dtypes.finfo(dtype)
-            v = np.clip(v, float(info.min), float(info.max))  # NaN stays NaN
+            fi = ml_dtypes.finfo(dtype)
+            v = np.clip(v, float(fi.min), float(fi.max))  # NaN stays NaN
         return v.astype(dtype)
     raise ValueError(f"{dtype} is not a quantized type")
 
@@ -144,14 +149,12 @@ def quantize(
 
     The division runs in `precision` when given, else in NumPy's promotion of x and scale.
 
-    >>> quantize(np.array([-1.0, 0.5, 300.0]), np.array(1.0), np.array(2, np.uint8), np.uint8).tolist()
+    >>> zp = np.array(2, np.uint8)
+    >>> quantize(np.array([-1.0, 0.5, 300.0]), np.array(1.0), zp, np.uint8).tolist()
     [1, 2, 255]
     """
     dtype = np.dtype(dtype)
-    if precision is not None:
-        v = x.astype(precision) / scale.astype(precision)
-    else:
-        v = x / scale
+    v = x.astype(precision) / scale.astype(precision) if precision is not None else x / scale
     if dtype in _INT_QTYPES:
         info = ml_dtypes.iinfo(dtype)
         # Round in floating point, then add the zero point in integers: adding it in a narrow
@@ -164,8 +167,10 @@ def quantize(
         if zero_point is not None and np.any(zero_point.astype(np.float32) != 0):
             v = v.astype(np.float32) + zero_point.astype(np.float32)
         return saturate_cast(v, dtype, saturate=saturate)
-    raise ValueError(f"QuantizeLinear cannot produce {dtype}; expected an 8/16/4/2-bit integer or "
-                     "a float8/float4/float6 type")
+    raise ValueError(
+        f"QuantizeLinear cannot produce {dtype}; expected an 8/16/4/2-bit integer or "
+        "a float8/float4/float6 type"
+    )
 
 
 def dequantize(
@@ -174,7 +179,8 @@ def dequantize(
     """y = (x - zero_point) * scale as `dtype`, scale/zero point already expanded; computed in
     float32 with the zero point subtracted exactly (in integers for integer x).
 
-    >>> dequantize(np.array([0, 3], np.uint8), np.array(0.5), np.array(1, np.uint8), np.float32).tolist()
+    >>> zp = np.array(1, np.uint8)
+    >>> dequantize(np.array([0, 3], np.uint8), np.array(0.5), zp, np.float32).tolist()
     [-0.5, 1.0]
     """
     if x.dtype in _INT_QTYPES or x.dtype.kind in "iu":
@@ -193,10 +199,22 @@ def dequantize(
 # QuantizeLinear / DequantizeLinear
 
 
-def _quantize_linear(x, y_scale, y_zero_point, *, axis, block_size=0, output_dtype=0,
-                     saturate=1, precision=0, blocked=True):
+def _quantize_linear(
+    x,
+    y_scale,
+    y_zero_point,
+    *,
+    axis,
+    block_size=0,
+    output_dtype=0,
+    saturate=1,
+    precision=0,
+    blocked=True,
+):
     if not blocked and y_scale.ndim > 1:
-        raise ValueError(f"y_scale must be a scalar or 1-D at this opset, got shape {y_scale.shape}")
+        raise ValueError(
+            f"y_scale must be a scalar or 1-D at this opset, got shape {y_scale.shape}"
+        )
     if block_size < 0:
         raise ValueError(f"block_size must be >= 0, got {block_size}")
     dtype = onnx_dtype(output_dtype, what="output_dtype") if output_dtype else None
@@ -236,34 +254,51 @@ def QuantizeLinear_19(x, y_scale, y_zero_point=None, *, axis=1, saturate=1):
 
 
 @op
-def QuantizeLinear_21(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, output_dtype=0,
-                      saturate=1):
-    return _quantize_linear(x, y_scale, y_zero_point, axis=axis, block_size=block_size,
-                            output_dtype=output_dtype, saturate=saturate)
+def QuantizeLinear_21(
+    x, y_scale, y_zero_point=None, *, axis=1, block_size=0, output_dtype=0, saturate=1
+):
+    return _quantize_linear(
+        x,
+        y_scale,
+        y_zero_point,
+        axis=axis,
+        block_size=block_size,
+        output_dtype=output_dtype,
+        saturate=saturate,
+    )
 
 
 @op
-def QuantizeLinear_23(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, output_dtype=0,
-                      precision=0, saturate=1):
+def QuantizeLinear_23(
+    x, y_scale, y_zero_point=None, *, axis=1, block_size=0, output_dtype=0, precision=0, saturate=1
+):
     """Also serves 24 (float8e8m0 scales), 25 (int2/uint2) and 28 (float6): only types widen."""
-    return _quantize_linear(x, y_scale, y_zero_point, axis=axis, block_size=block_size,
-                            output_dtype=output_dtype, saturate=saturate, precision=precision)
+    return _quantize_linear(
+        x,
+        y_scale,
+        y_zero_point,
+        axis=axis,
+        block_size=block_size,
+        output_dtype=output_dtype,
+        saturate=saturate,
+        precision=precision,
+    )
 
 
-def _dequantize_linear(x, x_scale, x_zero_point, *, axis, block_size=0, output_dtype=0,
-                       blocked=True):
+def _dequantize_linear(
+    x, x_scale, x_zero_point, *, axis, block_size=0, output_dtype=0, blocked=True
+):
     if not blocked and x_scale.ndim > 1:
-        raise ValueError(f"x_scale must be a scalar or 1-D at this opset, got shape {x_scale.shape}")
+        raise ValueError(
+            f"x_scale must be a scalar or 1-D at this opset, got shape {x_scale.shape}"
+        )
     if block_size < 0:
         raise ValueError(f"block_size must be >= 0, got {block_size}")
     if x_zero_point is not None and x_zero_point.dtype != x.dtype:
         raise ValueError(f"x_zero_point ({x_zero_point.dtype}) must have x's type ({x.dtype})")
     if x.dtype == np.int32 and x_zero_point is not None and np.any(x_zero_point != 0):
         raise ValueError("an int32 x has no zero point (it must be 0)")
-    if output_dtype:
-        dtype = onnx_dtype(output_dtype, what="output_dtype")
-    else:
-        dtype = x_scale.dtype
+    dtype = onnx_dtype(output_dtype, what="output_dtype") if output_dtype else x_scale.dtype
     if dtype not in _DEQUANT_OUTPUTS:
         raise ValueError(
             f"DequantizeLinear produces float32, float16 or bfloat16, not {dtype} "
@@ -297,8 +332,9 @@ def DequantizeLinear_21(x, x_scale, x_zero_point=None, *, axis=1, block_size=0):
 @op
 def DequantizeLinear_23(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, output_dtype=0):
     """Also serves 24, 25 and 28: only types widen."""
-    return _dequantize_linear(x, x_scale, x_zero_point, axis=axis, block_size=block_size,
-                              output_dtype=output_dtype)
+    return _dequantize_linear(
+        x, x_scale, x_zero_point, axis=axis, block_size=block_size, output_dtype=output_dtype
+    )
 
 
 @op
@@ -391,82 +427,35 @@ def QLinearMatMul_10(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale
     return saturate_cast(v, dtype)
 
 
-def _conv_geometry(x_spatial, k_spatial, auto_pad, dilations, pads, strides):
-    """(pads_begin, pads_end, out_spatial) for an N-d convolution."""
-    nd = len(x_spatial)
-    strides = list(strides) if strides else [1] * nd
-    dilations = list(dilations) if dilations else [1] * nd
-    if len(strides) != nd or len(dilations) != nd:
-        raise ValueError(f"strides {strides} / dilations {dilations} must have {nd} entries")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begin, end = [], []
-        for i in range(nd):
-            out = -(-x_spatial[i] // strides[i])
-            total = max(0, (out - 1) * strides[i] + (k_spatial[i] - 1) * dilations[i] + 1 - x_spatial[i])
-            small = total // 2
-            b = small if auto_pad == "SAME_UPPER" else total - small
-            begin.append(b)
-            end.append(total - b)
-    elif auto_pad == "VALID":
-        begin, end = [0] * nd, [0] * nd
-    elif auto_pad == "NOTSET":
-        p = list(pads) if pads else [0] * (2 * nd)
-        if len(p) != 2 * nd:
-            raise ValueError(f"pads {p} must have {2 * nd} entries")
-        begin, end = p[:nd], p[nd:]
-    else:
-        raise ValueError(f"auto_pad must be NOTSET, SAME_UPPER, SAME_LOWER or VALID, got {auto_pad!r}")
-    out_spatial = [
-        (x_spatial[i] + begin[i] + end[i] - dilations[i] * (k_spatial[i] - 1) - 1) // strides[i] + 1
-        for i in range(nd)
-    ]
-    if any(o <= 0 for o in out_spatial):
-        raise ValueError(
-            f"convolution output would be empty: input {tuple(x_spatial)}, kernel {tuple(k_spatial)}, "
-            f"pads {begin + end}, dilations {dilations}, strides {strides}"
-        )
-    return begin, end, out_spatial, strides, dilations
+def _conv_shifted(
+    x, w, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None
+):
+    """Grouped N-d convolution of float64 x (N, C, *S) with w (M, C/group, *K): (N, M, *O) float64.
 
-
-def conv_im2col(x, w, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
-                strides=None):
-    """N-d grouped convolution of float64 x (N, C, *S) with w (M, C/group, *K) via im2col + matmul.
-
-    Used for integer convolutions (values exact in float64); returns (N, M, *out) float64.
+    The window arithmetic and the im2col + batched matmul are conv.py's, shared with Conv; the
+    shifted integer values are exact in float64.
     """
     if x.ndim < 3 or w.ndim != x.ndim:
-        raise ValueError(f"conv needs x (N, C, ...) and w of the same rank, got {x.shape} and {w.shape}")
-    N, C = x.shape[:2]
-    M = w.shape[0]
-    K = list(w.shape[2:])
-    if kernel_shape and list(kernel_shape) != K:
-        raise ValueError(f"kernel_shape {list(kernel_shape)} does not match weight shape {w.shape}")
-    if group <= 0 or C % group or M % group or w.shape[1] * group != C:
         raise ValueError(
-            f"group={group} does not fit input channels {C} and weight shape {w.shape} "
-            "(need C == group * w.shape[1] and M divisible by group)"
+            f"x must be (N, C, spatial...) and w of the same rank, got {x.shape} and {w.shape}"
         )
-    begin, end, out, strides, dilations = _conv_geometry(
-        list(x.shape[2:]), K, auto_pad, dilations, pads, strides
+    C, M = x.shape[1], w.shape[0]
+    if kernel_shape is not None and tuple(kernel_shape) != w.shape[2:]:
+        raise ValueError(f"kernel_shape={list(kernel_shape)} does not match w of shape {w.shape}")
+    if group < 1 or w.shape[1] * group != C or M % group:
+        raise ValueError(
+            f"group={group} does not fit x with {C} channels and w of shape {w.shape} "
+            "(need C == group * w.shape[1] and output channels divisible by group)"
+        )
+    win = window_geometry(
+        x.shape[2:], w.shape[2:], strides=strides, dilations=dilations, pads=pads, auto_pad=auto_pad
     )
-    xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end, strict=True)))
-    taps = []
-    for tap in itertools.product(*(range(k) for k in K)):  # kernel taps: a small static loop
-        idx = tuple(
-            slice(t * d, t * d + s * (o - 1) + 1, s)
-            for t, d, s, o in zip(tap, dilations, strides, out, strict=True)
-        )
-        taps.append(xp[(slice(None), slice(None), *idx)])
-    T = len(taps)
-    L = int(np.prod(out))
-    cols = np.stack(taps, axis=2).reshape(N, group, (C // group) * T, L)  # (N, G, C/G*T, L)
-    wr = w.reshape(group, M // group, (C // group) * T)  # (G, M/G, C/G*T)
-    y = np.matmul(wr, cols)  # (N, G, M/G, L)
-    return y.reshape(N, M, *out)
+    return grouped_matmul(extract_windows(x, win, 0), w, group)
 
 
 def _per_channel(p: np.ndarray | None, rank: int, *, axis: int) -> np.ndarray | None:
-    """A scalar or per-channel 1-D parameter shaped to broadcast along `axis` of a rank-`rank` tensor."""
+    """A scalar or per-channel 1-D parameter shaped to broadcast along `axis` of a rank-`rank`
+    tensor."""
     if p is None or p.size == 1:
         return None if p is None else p.reshape(())
     if p.ndim != 1:
@@ -477,33 +466,77 @@ def _per_channel(p: np.ndarray | None, rank: int, *, axis: int) -> np.ndarray | 
 
 
 @op
-def ConvInteger_10(x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET",
-                   dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
+def ConvInteger_10(
+    x,
+    w,
+    x_zero_point=None,
+    w_zero_point=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+):
     """int32 convolution of (x - x_zero_point) and (w - w_zero_point); w_zero_point may be per
     output channel. Padding contributes 0 after the shift (i.e. pads with x_zero_point)."""
     if x_zero_point is not None and x_zero_point.size != 1:
         raise ValueError(f"x_zero_point must be a scalar, got shape {x_zero_point.shape}")
     xs = _shifted(x, x_zero_point.reshape(()) if x_zero_point is not None else None)
     ws = _shifted(w, _per_channel(w_zero_point, w.ndim, axis=0))
-    y = conv_im2col(xs, ws, auto_pad=auto_pad, dilations=dilations, group=group,
-                    kernel_shape=kernel_shape, pads=pads, strides=strides)
+    y = _conv_shifted(
+        xs,
+        ws,
+        auto_pad=auto_pad,
+        dilations=dilations,
+        group=group,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
+    )
     return _wrap_int32(y)
 
 
 @op
-def QLinearConv_10(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point,
-                   B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
-                   pads=None, strides=None):
+def QLinearConv_10(
+    x,
+    x_scale,
+    x_zero_point,
+    w,
+    w_scale,
+    w_zero_point,
+    y_scale,
+    y_zero_point,
+    B=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+):
     """y = saturate((conv(x - x_zp, w - w_zp) + B) * (x_scale * w_scale / y_scale) + y_zp), with
     w_scale/w_zero_point per tensor or per output channel."""
     M = w.shape[0]
     for name, p in (("w_scale", w_scale), ("w_zero_point", w_zero_point)):
         if p is not None and p.size not in (1, M):
-            raise ValueError(f"{name} has {p.size} values; expected 1 or one per output channel ({M})")
+            raise ValueError(
+                f"{name} has {p.size} values; expected 1 or one per output channel ({M})"
+            )
     xs = _shifted(x, x_zero_point.reshape(()) if x_zero_point is not None else None)
     ws = _shifted(w, _per_channel(w_zero_point, w.ndim, axis=0))
-    acc = conv_im2col(xs, ws, auto_pad=auto_pad, dilations=dilations, group=group,
-                      kernel_shape=kernel_shape, pads=pads, strides=strides)
+    acc = _conv_shifted(
+        xs,
+        ws,
+        auto_pad=auto_pad,
+        dilations=dilations,
+        group=group,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
+    )
     if B is not None:
         acc = acc + _per_channel(B, acc.ndim, axis=1).astype(np.float64)
     w_s = _per_channel(w_scale, acc.ndim, axis=1)

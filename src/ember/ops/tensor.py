@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from onnx.helper import tensor_dtype_to_np_dtype as numpy_dtype
 
 from ember.errors import UnsupportedError
+from ember.ops.cast import numpy_dtype
 from ember.ops.common import as_int_list, normalize_axis
 from ember.ops.registry import OpContext, op
 

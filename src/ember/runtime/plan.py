@@ -31,6 +31,7 @@ class Step:
     outputs: tuple[int | None, ...]  # slot per node output; None = output nobody reads
     attrs: Mapping[str, Any]
     subplans: Mapping[str, Plan]  # graph attributes
+    subplan_reads: Mapping[str, tuple[int, ...]]  # per subplan: slots here of its captures, in order
     frees: tuple[int, ...]  # slots last read by this step
     fallback: bool  # runs through onnx.reference, not an ember op
 
@@ -71,7 +72,8 @@ class Plan:
             args = [env[i] if i is not None else None for i in step.inputs]
             kwargs = dict(step.attrs)
             for name, sub in step.subplans.items():
-                kwargs[name] = Subgraph(sub, env)
+                reads = step.subplan_reads[name]
+                kwargs[name] = Subgraph(sub, {v: env[r] for (v, _), r in zip(sub.captures, reads)})
             try:
                 result = step.fn(*args, **kwargs)
             except EmberError:
@@ -97,17 +99,16 @@ class Subgraph:
     enclosing environment at call time.
     """
 
-    def __init__(self, plan: Plan, env: list[Any]) -> None:
+    def __init__(self, plan: Plan, outer: Mapping[ir.Value, Any]) -> None:
         self.plan = plan
-        self._env = env
+        self._outer = outer  # fixed while the node runs: the enclosing graph is paused
 
     @property
     def n_inputs(self) -> int:
         return len(self.plan.input_slots)
 
     def __call__(self, *inputs: Any) -> list[Any]:
-        outer = {v: self._env[s] for v, s in self.plan.captures}
-        return self.plan.run(inputs, outer)
+        return self.plan.run(inputs, self._outer)
 
 
 def compile_graph(
@@ -204,7 +205,17 @@ def compile_graph(
         if s not in keep:
             frees[i].append(s)
     steps = tuple(
-        Step(node, fn, ins, outs, attrs, subplans, tuple(frees[i]), fallback)
+        Step(
+            node,
+            fn,
+            ins,
+            outs,
+            attrs,
+            subplans,
+            {name: tuple(slots[v] for v, _ in sub.captures) for name, sub in subplans.items()},
+            tuple(frees[i]),
+            fallback,
+        )
         for i, (node, fn, ins, outs, attrs, subplans, fallback) in enumerate(steps_raw)
     )
     return Plan(

@@ -42,7 +42,7 @@ class EvalSet:
         return len(self.y)
 
 
-# The split (80/20, stratified by label, random_state=0) and the training are in scripts/build_zoo.py.
+# The split (80/20, stratified by label, random_state=0) and the training: scripts/build_zoo.py.
 _MODELS = {
     m.name: m
     for m in [
@@ -84,9 +84,7 @@ def info(name: str) -> ZooModel:
     try:
         return _MODELS[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown zoo model {name!r}; available: {', '.join(names())}"
-        ) from None
+        raise ConfigError(f"unknown zoo model {name!r}; available: {', '.join(names())}") from None
 
 
 def describe(name: str) -> str:
