@@ -2,6 +2,7 @@
 
     ember inspect model.onnx
     ember run model.onnx --random --batch 8
+    ember bench model.onnx --batch 1,8,32 --peers ort,openvino --json out.json --html out.html
 """
 
 from __future__ import annotations
@@ -201,6 +202,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ember.bench import bench, parse_batches, parse_peers
+
+    bench(
+        args.model,
+        batches=parse_batches(args.batch),
+        peers=parse_peers(args.peers),
+        threads=args.threads,
+        precision=args.precision,
+        min_time=args.min_time,
+        max_iters=args.max_iters,
+        rounds=args.rounds,
+        task=args.task,
+        dims=_parse_dims(args.dim),
+        seed=args.seed,
+        json=args.json,
+        html=args.html,
+        progress=not args.quiet,
+        show=True,
+    )
+    for flag, path in (("json", args.json), ("html", args.html)):
+        if path:
+            print(f"{flag} report written to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ember", description="Run ONNX models fast, small and exactly.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -221,6 +248,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--exact", action="store_true", help="float64 accumulation (the oracle mode)")
     run.add_argument("-o", "--output", help="where to save outputs (default: MODEL.outputs.npz)")
     run.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="time ember against ONNX Runtime and OpenVINO, side by side")
+    b.add_argument("model", help="an .onnx file, or a bundled zoo model name (digits_cnn, mnist_mlp)")
+    b.add_argument("--batch", default="1", metavar="1,8,32", help="batch sizes (default 1)")
+    b.add_argument("--peers", default="ort,openvino", metavar="ort,openvino",
+                   help="peers to compare with, or 'none' (default ort,openvino)")
+    b.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads for every engine (default: the CPUs this process may use)")
+    b.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="what peers run; ember runs fp32 whatever this says, and the report says so")
+    b.add_argument("--min-time", type=float, default=2.0, metavar="S",
+                   help="seconds of timed calls per engine and batch (default 2)")
+    b.add_argument("--max-iters", type=int, default=1000, metavar="N",
+                   help="timed calls per engine and batch, at most (default 1000)")
+    b.add_argument("--rounds", type=int, default=10, metavar="N",
+                   help="interleaved rounds per batch; each engine runs at least once a round (default 10)")
+    b.add_argument("--task", choices=["auto", "classify", "embed"], default="auto",
+                   help="agreement as top-1 (classify) or cosine (embed); auto: classify for (batch, C) outputs")
+    b.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE", help="bind a symbolic dim")
+    b.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    b.add_argument("--json", metavar="OUT.json", help="write the report as JSON (python -m ember.bench.schema)")
+    b.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML report with plots")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes, tables only")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -1,4 +1,5 @@
-"""`make demo`: load the bundled digits CNN, run its held-out set, print accuracy and latency.
+"""`make demo`: load the bundled digits CNN, run its held-out set, print accuracy and latency, then
+bench it against ONNX Runtime (skipped, with one line, when onnxruntime is not installed).
 
     python -m ember.demo
 """
@@ -53,8 +54,29 @@ def main() -> int:
         logits.argmax(axis=1),
     )
     print(f"  top-1 agreement with exact (float64) mode: {'100%' if agree else 'NOT 100%'}")
+    bench_against_ort(name, data.x)
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def bench_against_ort(name: str, x: np.ndarray) -> None:
+    """A short `ember bench` of the model against ONNX Runtime: interleaved, each in its own process."""
+    from ember.bench import bench
+    from ember.bench.console import fmt_agreement, fmt_ratio
+
+    batches = [1, 32]
+    print(f"\nember bench {name} --batch {','.join(map(str, batches))} --peers ort --min-time 0.5")
+    report = bench(zoo.model_path(name), inputs={"input": x}, batches=batches, peers=["ort"],
+                   min_time=0.5, rounds=5, show=False)
+    ran_ort = any(r["peer"] == "ort" for r in report.ratios)
+    for b in batches:
+        row = report.result("ember", b)
+        line = f"  batch {b:>2}: ember {row['latency']['median_ms']:.3f} ms"
+        if ran_ort:
+            ort = report.result("ort", b)
+            ratio = [r for r in report.ratios if r["peer"] == "ort" and r["batch"] == b][0]
+            line += (f", ORT {ort['latency']['median_ms']:.3f} ms per call (median): ember/ORT speed "
+                     f"{fmt_ratio(ratio)}; ORT {fmt_agreement(ort['agreement'])} vs exact mode")
+        print(line)
+    if ran_ort:
+        print("  (>1 would mean ember is faster: ember's ops are NumPy references for now)")
+    print(f"  full report with plots: ember bench {name} --batch 1,8,32 --html report.html")

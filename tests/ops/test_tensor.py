@@ -15,12 +15,12 @@ from onnx import TensorProto, helper
 
 import ember
 from ember.errors import ExecutionError, UnsupportedError
-from ember.ops import tensor as T
+from ember.ops import tensor
 from ember.ops.registry import OpContext, lookup
 
 
 def run(op_type, inputs, opset=21, *, n_outputs=1, **attrs):
-    """One node through ember.load(...).run; `None` inputs are omitted. Returns a list of outputs."""
+    """One node through ember.load(...).run; `None` inputs are omitted. Returns every output."""
     names = [f"x{i}" if a is not None else "" for i, a in enumerate(inputs)]
     outs = [f"y{i}" for i in range(n_outputs)]
     node = helper.make_node(op_type, names, outs, **attrs)
@@ -54,35 +54,35 @@ CTX2 = OpContext(n_outputs=2)
 @pytest.mark.parametrize(
     ("op_type", "opset", "fn"),
     [
-        ("Reshape", 4, T.Reshape),
-        ("Reshape", 13, T.Reshape_5),
-        ("Reshape", 21, T.Reshape_14),
-        ("Squeeze", 12, T.Squeeze),
-        ("Squeeze", 13, T.Squeeze_13),
-        ("Unsqueeze", 11, T.Unsqueeze),
-        ("Unsqueeze", 13, T.Unsqueeze_13),
-        ("Split", 11, T.Split_2),
-        ("Split", 17, T.Split_13),
-        ("Split", 18, T.Split_18),
-        ("Slice", 9, T.Slice),
-        ("Slice", 10, T.Slice_10),
-        ("Pad", 1, T.Pad),
-        ("Pad", 10, T.Pad_2),
-        ("Pad", 17, T.Pad_11),
-        ("Pad", 19, T.Pad_18),
-        ("Shape", 14, T.Shape),
-        ("Shape", 15, T.Shape_15),
-        ("Dropout", 9, T.Dropout_7),
-        ("Dropout", 11, T.Dropout_10),
-        ("Dropout", 22, T.Dropout_12),
-        ("Concat", 3, T.Concat),
-        ("Concat", 13, T.Concat_4),
-        ("Tile", 5, T.Tile),
-        ("Tile", 13, T.Tile_6),
-        ("OneHot", 10, T.OneHot_9),
-        ("OneHot", 28, T.OneHot_11),
-        ("Range", 26, T.Range_11),
-        ("Range", 27, T.Range_27),
+        ("Reshape", 4, tensor.Reshape),
+        ("Reshape", 13, tensor.Reshape_5),
+        ("Reshape", 21, tensor.Reshape_14),
+        ("Squeeze", 12, tensor.Squeeze),
+        ("Squeeze", 13, tensor.Squeeze_13),
+        ("Unsqueeze", 11, tensor.Unsqueeze),
+        ("Unsqueeze", 13, tensor.Unsqueeze_13),
+        ("Split", 11, tensor.Split_2),
+        ("Split", 17, tensor.Split_13),
+        ("Split", 18, tensor.Split_18),
+        ("Slice", 9, tensor.Slice),
+        ("Slice", 10, tensor.Slice_10),
+        ("Pad", 1, tensor.Pad),
+        ("Pad", 10, tensor.Pad_2),
+        ("Pad", 17, tensor.Pad_11),
+        ("Pad", 19, tensor.Pad_18),
+        ("Shape", 14, tensor.Shape),
+        ("Shape", 15, tensor.Shape_15),
+        ("Dropout", 9, tensor.Dropout_7),
+        ("Dropout", 11, tensor.Dropout_10),
+        ("Dropout", 22, tensor.Dropout_12),
+        ("Concat", 3, tensor.Concat),
+        ("Concat", 13, tensor.Concat_4),
+        ("Tile", 5, tensor.Tile),
+        ("Tile", 13, tensor.Tile_6),
+        ("OneHot", 10, tensor.OneHot_9),
+        ("OneHot", 28, tensor.OneHot_11),
+        ("Range", 26, tensor.Range_11),
+        ("Range", 27, tensor.Range_27),
     ],
 )
 def test_lookup_picks_the_version_whose_semantics_apply(op_type, opset, fn) -> None:
@@ -112,34 +112,34 @@ def test_constant_tensor_and_strings() -> None:
     y = run1("Constant", [], value=helper.make_tensor("t", TensorProto.FLOAT16, [2, 3], t.ravel()))
     assert y.dtype == np.float16 and y.shape == (2, 3)
     np.testing.assert_array_equal(y, t)
-    assert T.Constant(value_ints=[]).shape == (0,)
-    s = T.Constant(value_strings=["ab", "c"])
+    assert tensor.Constant(value_ints=[]).shape == (0,)
+    s = tensor.Constant(value_strings=["ab", "c"])
     assert s.dtype == object and s.tolist() == ["ab", "c"]
-    assert T.Constant(value_string="hi").shape == ()
+    assert tensor.Constant(value_string="hi").shape == ()
     # A STRING tensor attribute arrives as bytes; it comes out as str like every string tensor.
-    assert T.Constant(value=np.array([b"x", b"yz"])).tolist() == ["x", "yz"]
+    assert tensor.Constant(value=np.array([b"x", b"yz"])).tolist() == ["x", "yz"]
 
 
 def test_constant_sparse_value_arrives_dense() -> None:
     # The runtime densifies SPARSE_TENSOR attributes before the op sees them.
     # NOTE: onnx_ir cannot yet deserialize sparse attributes, so this is not run through a model.
     dense = np.array([[0, 5, 0], [0, 7, 0]], np.float32)
-    np.testing.assert_array_equal(T.Constant(sparse_value=dense), dense)
+    np.testing.assert_array_equal(tensor.Constant(sparse_value=dense), dense)
 
 
 def test_constant_needs_exactly_one_value() -> None:
     with pytest.raises(ValueError, match="exactly one value attribute, got 2"):
-        T.Constant(value_int=1, value_float=2.0)
+        tensor.Constant(value_int=1, value_float=2.0)
     with pytest.raises(ValueError, match="got 0"):
-        T.Constant()
+        tensor.Constant()
 
 
 def test_identity_passes_tensors_sequences_and_empty_optionals() -> None:
     x = np.arange(3)
     seq = [x, x + 1]
-    assert T.Identity(x) is x
-    assert T.Identity(seq) is seq
-    assert T.Identity(None) is None
+    assert tensor.Identity(x) is x
+    assert tensor.Identity(seq) is seq
+    assert tensor.Identity(None) is None
 
 
 def test_dropout_inference_is_identity_with_true_mask() -> None:
@@ -148,29 +148,31 @@ def test_dropout_inference_is_identity_with_true_mask() -> None:
     np.testing.assert_array_equal(y, x)
     assert mask.dtype == np.bool_ and mask.all()
     # Before opset 10 the mask had the input's type.
-    _, mask7 = T.Dropout_7(x, ratio=0.3, ctx=CTX2)
+    _, mask7 = tensor.Dropout_7(x, ratio=0.3, ctx=CTX2)
     assert mask7.dtype == np.float32 and (mask7 == 1).all()
 
 
 def test_dropout_training_with_seed_is_deterministic_and_scaled() -> None:
     x = np.random.default_rng(1).standard_normal((4, 6)).astype(np.float32)
     r, t = np.array(0.25, np.float32), np.array(True)
-    y, mask = T.Dropout_12(x, r, t, seed=7, ctx=CTX2)
+    y, mask = tensor.Dropout_12(x, r, t, seed=7, ctx=CTX2)
     want_mask = np.random.RandomState(7).uniform(0, 1, x.shape) >= 0.25
     np.testing.assert_array_equal(mask, want_mask)
     np.testing.assert_allclose(y, np.where(want_mask, x / 0.75, 0), rtol=1e-6)
     assert y.dtype == np.float32
-    y2, _ = T.Dropout_12(x, r, t, seed=7, ctx=CTX2)
+    y2, _ = tensor.Dropout_12(x, r, t, seed=7, ctx=CTX2)
     np.testing.assert_array_equal(y, y2)
     # Ratio 0 in training mode keeps everything.
-    y0, m0 = T.Dropout_12(x, np.array(0.0, np.float32), t, seed=7, ctx=CTX2)
+    y0, m0 = tensor.Dropout_12(x, np.array(0.0, np.float32), t, seed=7, ctx=CTX2)
     np.testing.assert_array_equal(y0, x)
     assert m0.all()
 
 
 def test_dropout_training_rejects_ratio_one() -> None:
     with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\)"):
-        T.Dropout_12(np.ones(3, np.float32), np.array(1.0, np.float32), np.array(True), ctx=CTX2)
+        tensor.Dropout_12(
+            np.ones(3, np.float32), np.array(1.0, np.float32), np.array(True), ctx=CTX2
+        )
 
 
 # ---------------------------------------------------------------- Reshape, Flatten, Squeeze, ...
@@ -193,48 +195,50 @@ def test_reshape_allowzero_makes_a_zero_dimension() -> None:
 def test_reshape_errors_name_shapes() -> None:
     x = np.arange(6)
     with pytest.raises(ValueError, match=r"cannot reshape \(6,\) \(6 elements\) into \[4\]"):
-        T.Reshape_14(x, i64(4))
+        tensor.Reshape_14(x, i64(4))
     with pytest.raises(ValueError, match="at most one -1"):
-        T.Reshape_14(x, i64(-1, -1))
+        tensor.Reshape_14(x, i64(-1, -1))
     with pytest.raises(ValueError, match="allowzero=1 forbids both 0 and -1"):
-        T.Reshape_14(x, i64(0, -1), allowzero=1)
+        tensor.Reshape_14(x, i64(0, -1), allowzero=1)
     with pytest.raises(ExecutionError, match="Reshape"):
         run1("Reshape", [x, i64(5)])
 
 
 def test_reshape_opset1_takes_the_shape_attribute() -> None:
-    assert T.Reshape(np.arange(6), shape=[3, -1]).shape == (3, 2)
+    assert tensor.Reshape(np.arange(6), shape=[3, -1]).shape == (3, 2)
 
 
-@pytest.mark.parametrize(("axis", "want"), [(0, (1, 60)), (2, (12, 5)), (3, (60, 1)), (-1, (12, 5))])
+@pytest.mark.parametrize(
+    ("axis", "want"), [(0, (1, 60)), (2, (12, 5)), (3, (60, 1)), (-1, (12, 5))]
+)
 def test_flatten_axes(axis, want) -> None:
     assert run1("Flatten", [np.zeros((3, 4, 5), np.float32)], axis=axis).shape == want
 
 
 def test_flatten_rejects_axis_beyond_rank() -> None:
     with pytest.raises(ValueError, match=r"axis=4 is out of range \[-3, 3\]"):
-        T.Flatten(np.zeros((3, 4, 5)), axis=4)
+        tensor.Flatten(np.zeros((3, 4, 5)), axis=4)
 
 
 def test_squeeze_forms() -> None:
     x = np.zeros((1, 3, 1, 5))
     assert run1("Squeeze", [x, i64(0, -2)]).shape == (3, 5)
     assert run1("Squeeze", [x, None]).shape == (3, 5)
-    assert T.Squeeze(x, axes=[2]).shape == (1, 3, 5)
-    assert T.Squeeze_13(x, np.zeros(0, np.int64)).shape == (3, 5)
+    assert tensor.Squeeze(x, axes=[2]).shape == (1, 3, 5)
+    assert tensor.Squeeze_13(x, np.zeros(0, np.int64)).shape == (3, 5)
     with pytest.raises(ValueError, match=r"axis 1 has size 3, not 1"):
-        T.Squeeze_13(x, i64(1))
+        tensor.Squeeze_13(x, i64(1))
 
 
 def test_unsqueeze_axes_index_the_output() -> None:
     x = np.zeros((3, 4))
     assert run1("Unsqueeze", [x, i64(2, 0)]).shape == (1, 3, 1, 4)  # unsorted
     assert run1("Unsqueeze", [x, i64(-1)]).shape == (3, 4, 1)
-    assert T.Unsqueeze(x, axes=[0, 3]).shape == (1, 3, 4, 1)
+    assert tensor.Unsqueeze(x, axes=[0, 3]).shape == (1, 3, 4, 1)
     with pytest.raises(ValueError, match="repeat an axis"):
-        T.Unsqueeze_13(x, i64(1, -3))
+        tensor.Unsqueeze_13(x, i64(1, -3))
     with pytest.raises(ValueError, match=r"axis=5 is out of range for a rank-4"):
-        T.Unsqueeze_13(x, i64(0, 5))
+        tensor.Unsqueeze_13(x, i64(0, 5))
 
 
 def test_transpose_default_and_errors() -> None:
@@ -242,7 +246,7 @@ def test_transpose_default_and_errors() -> None:
     np.testing.assert_array_equal(run1("Transpose", [x]), x.T)
     np.testing.assert_array_equal(run1("Transpose", [x], perm=[1, 2, 0]), x.transpose(1, 2, 0))
     with pytest.raises(ValueError, match="not a permutation"):
-        T.Transpose(x, perm=[0, 0, 1])
+        tensor.Transpose(x, perm=[0, 0, 1])
 
 
 def test_shape_start_end_clamp_and_size() -> None:
@@ -250,7 +254,7 @@ def test_shape_start_end_clamp_and_size() -> None:
     np.testing.assert_array_equal(run1("Shape", [x], start=1, end=-1), i64(3, 4))
     np.testing.assert_array_equal(run1("Shape", [x], start=-10), i64(2, 3, 4, 5))
     assert run1("Shape", [x], start=3, end=1).shape == (0,)
-    assert T.Shape_15(np.array(1.0)).shape == (0,)
+    assert tensor.Shape_15(np.array(1.0)).shape == (0,)
     size = run1("Size", [x])
     assert size.dtype == np.int64 and size.shape == () and size == 120
 
@@ -263,7 +267,7 @@ def test_concat_negative_axis_and_empty_inputs() -> None:
     y = run1("Concat", [a, b, a], axis=-1)
     assert y.shape == (2, 6) and y.dtype == np.int32
     with pytest.raises(ValueError, match=r"input 1 has shape \(3, 3\), incompatible"):
-        T.Concat_4(a, np.ones((3, 3), np.int32), axis=1)
+        tensor.Concat_4(a, np.ones((3, 3), np.int32), axis=1)
 
 
 def test_split_18_uneven_num_outputs_and_split_input() -> None:
@@ -273,14 +277,14 @@ def test_split_18_uneven_num_outputs_and_split_input() -> None:
     parts = run("Split", [x, i64(1, 0, 6)], 18, n_outputs=3)
     assert [p.shape[0] for p in parts] == [1, 0, 6]
     with pytest.raises(ValueError, match=r"sizes \[1, 2\] do not add up to the axis size 7"):
-        T.Split_13(x, i64(1, 2), ctx=CTX2)
+        tensor.Split_13(x, i64(1, 2), ctx=CTX2)
 
 
 def test_split_equal_parts_from_the_output_count() -> None:
     x = np.arange(12).reshape(2, 6)
-    parts = T.Split_13(x, axis=-1, ctx=OpContext(n_outputs=3))
+    parts = tensor.Split_13(x, axis=-1, ctx=OpContext(n_outputs=3))
     assert [p.shape for p in parts] == [(2, 2)] * 3
-    parts = T.Split_2(x, axis=1, split=[4, 2], ctx=CTX2)
+    parts = tensor.Split_2(x, axis=1, split=[4, 2], ctx=CTX2)
     assert [p.shape for p in parts] == [(2, 4), (2, 2)]
 
 
@@ -305,7 +309,7 @@ def slice_twin(n: int, start: int, end: int, step: int) -> list[int]:
 )
 def test_slice_matches_the_spec_clamping(start, end, step) -> None:
     x = np.arange(7 * 3).reshape(7, 3)
-    got = T.Slice_10(x, i64(start), i64(end), i64(0), i64(step))
+    got = tensor.Slice_10(x, i64(start), i64(end), i64(0), i64(step))
     np.testing.assert_array_equal(got, x[slice_twin(7, start, end, step)])
 
 
@@ -313,27 +317,25 @@ def test_slice_backwards_from_before_the_start_keeps_element_zero() -> None:
     # NOTE: the spec (and onnxruntime) clamp start to [0, n-1] when stepping backwards, so a start
     # below -n still yields element 0, where Python's x[-8:-8:-1] is empty.
     x = np.arange(7)
-    np.testing.assert_array_equal(T.Slice_10(x, i64(-8), i64(-8), i64(0), i64(-1)), [0])
+    np.testing.assert_array_equal(tensor.Slice_10(x, i64(-8), i64(-8), i64(0), i64(-1)), [0])
 
 
 def test_slice_huge_bounds_defaults_and_negative_axes() -> None:
     x = np.arange(60).reshape(3, 4, 5)
     big = np.iinfo(np.int64).max
-    np.testing.assert_array_equal(
-        run1("Slice", [x, i64(1, -big), i64(big, big)]), x[1:, :]
-    )
+    np.testing.assert_array_equal(run1("Slice", [x, i64(1, -big), i64(big, big)]), x[1:, :])
     np.testing.assert_array_equal(
         run1("Slice", [x, i64(-1), i64(-big), i64(-1), i64(-2)]), x[:, :, ::-2]
     )
-    np.testing.assert_array_equal(T.Slice(x, starts=[1], ends=[3], axes=[1]), x[:, 1:3])
+    np.testing.assert_array_equal(tensor.Slice(x, starts=[1], ends=[3], axes=[1]), x[:, 1:3])
 
 
 def test_slice_errors() -> None:
     x = np.arange(10)
     with pytest.raises(ValueError, match="steps cannot be 0"):
-        T.Slice_10(x, i64(0), i64(5), None, i64(0))
+        tensor.Slice_10(x, i64(0), i64(5), None, i64(0))
     with pytest.raises(ValueError, match="appears twice"):
-        T.Slice_10(np.zeros((2, 2)), i64(0, 0), i64(1, 1), i64(0, -2))
+        tensor.Slice_10(np.zeros((2, 2)), i64(0, 0), i64(1, 1), i64(0, -2))
 
 
 # ---------------------------------------------------------------- Expand, Tile, Pad
@@ -344,17 +346,17 @@ def test_expand_broadcasts_both_ways_and_returns_a_writable_copy() -> None:
     y = run1("Expand", [x, i64(2, 1, 4)])
     assert y.shape == (2, 3, 4) and y.flags.writeable
     np.testing.assert_array_equal(y, np.broadcast_to(x, (2, 3, 4)))
-    assert T.Expand_8(np.zeros((2, 5)), i64(1, 1)).shape == (2, 5)
+    assert tensor.Expand_8(np.zeros((2, 5)), i64(1, 1)).shape == (2, 5)
     with pytest.raises(ValueError, match=r"\(3, 1\) cannot broadcast with \[2, 4\]"):
-        T.Expand_8(x, i64(2, 4))
+        tensor.Expand_8(x, i64(2, 4))
 
 
 def test_tile_repeats_and_errors() -> None:
     x = np.arange(6).reshape(2, 3)
     np.testing.assert_array_equal(run1("Tile", [x, i64(2, 0)]), np.tile(x, (2, 0)))
-    np.testing.assert_array_equal(T.Tile(x, np.array(3), np.array(1)), np.tile(x, (1, 3)))
+    np.testing.assert_array_equal(tensor.Tile(x, np.array(3), np.array(1)), np.tile(x, (1, 3)))
     with pytest.raises(ValueError, match="repeats has 1 values for a rank-2 input"):
-        T.Tile_6(x, i64(2))
+        tensor.Tile_6(x, i64(2))
 
 
 @pytest.mark.parametrize("mode", ["constant", "reflect", "edge", "wrap"])
@@ -370,18 +372,19 @@ def test_pad_constant_value_axes_and_negative_pads() -> None:
     y = run1("Pad", [x, i64(1, 1), np.array(9, np.int32), i64(-1)], 18)
     np.testing.assert_array_equal(y, np.pad(x, [(0, 0), (1, 1)], constant_values=9))
     # Negative pads crop.
-    np.testing.assert_array_equal(T.Pad_11(x, i64(-1, 0, 0, -2)), x[1:, :2])
+    np.testing.assert_array_equal(tensor.Pad_11(x, i64(-1, 0, 0, -2)), x[1:, :2])
     np.testing.assert_array_equal(
-        T.Pad_2(x, pads=[0, 1, 0, 0], value=1.5), np.pad(x, [(0, 0), (1, 0)], constant_values=1)
+        tensor.Pad_2(x, pads=[0, 1, 0, 0], value=1.5),
+        np.pad(x, [(0, 0), (1, 0)], constant_values=1),
     )
 
 
 def test_pad_errors() -> None:
     x = np.zeros((2, 2))
     with pytest.raises(UnsupportedError, match="Pad mode 'mirror'"):
-        T.Pad_11(x, i64(0, 0, 0, 0), mode="mirror")
+        tensor.Pad_11(x, i64(0, 0, 0, 0), mode="mirror")
     with pytest.raises(ValueError, match="3 pads for 2 axes; need 4"):
-        T.Pad_11(x, i64(0, 0, 0))
+        tensor.Pad_11(x, i64(0, 0, 0))
 
 
 def test_center_crop_pad_odd_differences_put_the_extra_at_the_end() -> None:
@@ -404,7 +407,7 @@ def test_constant_of_shape() -> None:
     y = run1("ConstantOfShape", [i64()], value=v)
     assert y.dtype == np.int32 and y.shape == () and y == 7
     with pytest.raises(ValueError, match=r"dimensions must be >= 0, got \[2, -1\]"):
-        T.ConstantOfShape_9(i64(2, -1))
+        tensor.ConstantOfShape_9(i64(2, -1))
 
 
 @pytest.mark.parametrize(
@@ -413,7 +416,9 @@ def test_constant_of_shape() -> None:
 )
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int32, np.int64])
 def test_range_matches_arange(start, limit, delta, dtype) -> None:
-    if np.dtype(dtype).kind == "i" and not all(float(v).is_integer() for v in (start, limit, delta)):
+    if np.dtype(dtype).kind == "i" and not all(
+        float(v).is_integer() for v in (start, limit, delta)
+    ):
         pytest.skip("integer range needs integer bounds")
     s, lim, d = (np.array(v, dtype=dtype) for v in (start, limit, delta))
     y = run1("Range", [s, lim, d], 27)
@@ -424,7 +429,7 @@ def test_range_matches_arange(start, limit, delta, dtype) -> None:
 
 def test_range_rejects_zero_delta() -> None:
     with pytest.raises(ValueError, match="delta cannot be 0"):
-        T.Range_11(np.array(0), np.array(5), np.array(0))
+        tensor.Range_11(np.array(0), np.array(5), np.array(0))
 
 
 def test_eyelike_dtype_and_offsets() -> None:
@@ -434,7 +439,7 @@ def test_eyelike_dtype_and_offsets() -> None:
     y = run1("EyeLike", [x], 22, k=-1, dtype=TensorProto.DOUBLE)
     assert y.dtype == np.float64 and y[1, 0] == 1
     with pytest.raises(ValueError, match="must be 2-D"):
-        T.EyeLike_9(np.zeros(3))
+        tensor.EyeLike_9(np.zeros(3))
 
 
 @pytest.mark.parametrize("k", [-4, -1, 0, 2, 7])
@@ -459,11 +464,13 @@ def test_space_to_depth_and_back_round_trip(mode) -> None:
 def test_depth_to_space_dcr_layout() -> None:
     # DCR: output[n, c, h*b + i, w*b + j] = input[n, (i*b + j)*C' + c, h, w]
     x = np.arange(8).reshape(1, 8, 1, 1)
-    y = T.DepthToSpace(x, blocksize=2)
+    y = tensor.DepthToSpace(x, blocksize=2)
     np.testing.assert_array_equal(y[0, 0], [[0, 2], [4, 6]])
-    np.testing.assert_array_equal(T.DepthToSpace(x, blocksize=2, mode="CRD")[0, 0], [[0, 1], [2, 3]])
+    np.testing.assert_array_equal(
+        tensor.DepthToSpace(x, blocksize=2, mode="CRD")[0, 0], [[0, 1], [2, 3]]
+    )
     with pytest.raises(ValueError, match="channels 8 are not divisible by blocksize"):
-        T.DepthToSpace(x, blocksize=3)
+        tensor.DepthToSpace(x, blocksize=3)
 
 
 def test_compress_short_condition_and_flattening() -> None:
@@ -473,7 +480,7 @@ def test_compress_short_condition_and_flattening() -> None:
         run1("Compress", [x, np.array([0, 1, 1], bool)]), np.array([1, 2])
     )
     with pytest.raises(ValueError, match="condition has 5 values but the axis has 4"):
-        T.Compress_9(x, np.ones(5, bool), axis=-1)
+        tensor.Compress_9(x, np.ones(5, bool), axis=-1)
 
 
 def test_reverse_sequence_per_batch_lengths() -> None:
@@ -483,10 +490,10 @@ def test_reverse_sequence_per_batch_lengths() -> None:
     want[:, 0] = x[::-1, 0]
     want[:2, 2] = x[1::-1, 2]
     np.testing.assert_array_equal(y, want)
-    yb = T.ReverseSequence_10(x.T, i64(4, 0, 2), batch_axis=0, time_axis=1)
+    yb = tensor.ReverseSequence_10(x.T, i64(4, 0, 2), batch_axis=0, time_axis=1)
     np.testing.assert_array_equal(yb, want.T)
     with pytest.raises(ValueError, match=r"sequence_lens must be in \[0, 4\]"):
-        T.ReverseSequence_10(x, i64(5, 0, 0))
+        tensor.ReverseSequence_10(x, i64(5, 0, 0))
 
 
 def test_one_hot_axis_negatives_and_out_of_range() -> None:
@@ -498,15 +505,15 @@ def test_one_hot_axis_negatives_and_out_of_range() -> None:
     np.testing.assert_array_equal(y[0, :, 1], [1, 1, 9])  # -1 wraps to 2 since opset 11
     np.testing.assert_array_equal(y[1, :, 0], [1, 1, 1])  # 5 is out of range: all off
     # Opset 9 does not wrap negatives; float indices are truncated.
-    y9 = T.OneHot_9(np.array([-1.0, 1.7]), np.array([3.0]), vals)
+    y9 = tensor.OneHot_9(np.array([-1.0, 1.7]), np.array([3.0]), vals)
     np.testing.assert_array_equal(y9, [[1, 1, 1], [1, 9, 1]])
 
 
 def test_nonzero_including_scalars() -> None:
     x = np.array([[0, 2], [3, 0]])
     np.testing.assert_array_equal(run1("NonZero", [x], 13), i64(0, 1, 1, 0).reshape(2, 2))
-    assert T.NonZero_9(np.array(5)).shape == (0, 1)
-    assert T.NonZero_9(np.zeros((2, 3))).shape == (2, 0)
+    assert tensor.NonZero_9(np.array(5)).shape == (0, 1)
+    assert tensor.NonZero_9(np.zeros((2, 3))).shape == (2, 0)
 
 
 def test_unique_sorted_and_unsorted_outputs_reconstruct_the_input() -> None:
@@ -526,7 +533,7 @@ def test_unique_sorted_and_unsorted_outputs_reconstruct_the_input() -> None:
 
 def test_unique_along_an_axis_unsorted() -> None:
     x = np.array([[1, 0], [0, 1], [1, 0], [0, 0]])
-    y, idx, inv, cnt = T.Unique_11(x, axis=0, sorted=0, ctx=OpContext(n_outputs=4))
+    y, idx, inv, cnt = tensor.Unique_11(x, axis=0, sorted=0, ctx=OpContext(n_outputs=4))
     np.testing.assert_array_equal(y, [[1, 0], [0, 1], [0, 0]])
     np.testing.assert_array_equal(idx, [0, 1, 3])
     np.testing.assert_array_equal(y[inv], x)

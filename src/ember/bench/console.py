@@ -90,16 +90,20 @@ def fmt_bytes(n: float | None) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def fmt_agreement(a: dict[str, Any] | None) -> str:
+def fmt_agreement(a: dict[str, Any] | None, short: bool = False) -> str:
+    """ "top-1 100%" for a classifier, "cos 0.999999" (the minimum over samples) for an embedding."""
     if a is None:
         return "-"
     if "top1_agreement" in a:
-        return f"top-1 {a['top1_agreement']:.1%}"
-    return f"cos {a['cosine_min']:.6f}"
+        text = f"{a['top1_agreement']:.1%}".replace("100.0%", "100%")
+        return text if short else f"top-1 {text}"
+    return f"{a['cosine_min']:.6f}" if short else f"cos {a['cosine_min']:.6f}"
 
 
 def print_report(doc: dict[str, Any], console: Any = None) -> None:
-    """The terminal view of a report: ratios first, then per-engine numbers, then the fine print."""
+    """The terminal view of a report: ratios first, then speed, then cost and accuracy, then the
+    fine print. Sized to stay readable in 80 columns."""
+    from rich import box
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -112,40 +116,61 @@ def print_report(doc: dict[str, Any], console: Any = None) -> None:
         f"batches {', '.join(map(str, cfg['batches']))}, {cfg['min_time_s']:g} s per engine and batch, "
         f"{escape(doc['machine'].get('cpu_model') or 'unknown CPU')}"
     )
+
+    def table(title: str, *cols: str) -> Any:
+        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for i, col in enumerate(cols):
+            t.add_column(col, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        return t
+
     if doc["ratios"]:
-        t = Table(title="ember speed / peer speed (>1: ember faster; median per sample, 95% bootstrap interval)",
-                  title_justify="left")
-        t.add_column("peer")
-        for b in cfg["batches"]:
-            t.add_column(f"batch {b}", justify="right")
+        t = table("ember speed / peer speed (>1: ember faster; 95% interval)", "peer",
+                  *(f"batch {b}" for b in cfg["batches"]))
         for name in dict.fromkeys(r["peer"] for r in doc["ratios"]):
             cells = {r["batch"]: fmt_ratio(r) for r in doc["ratios"] if r["peer"] == name}
             t.add_row(escape(_engine_label(engines[name])), *(cells.get(b, "-") for b in cfg["batches"]))
         console.print(t)
-    t = Table(title="per engine and batch (latency per call in ms; agreement with ember exact mode)",
-              title_justify="left")
-    for col, just in (("engine", "left"), ("batch", "right"), ("median", "right"), ("p90", "right"),
-                      ("p99", "right"), ("samples/s", "right"), ("load s", "right"), ("first s", "right"),
-                      ("peak mem", "right"), ("max abs err", "right"), ("agreement", "right"), ("n", "right")):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    speed = table("latency per call (ms) and throughput", "engine", "batch", "median", "p90", "p99",
+                  "samples/s", "overall", "calls")
+    cost = table("cost, and agreement with ember's exact mode", "engine", "batch", "load ms", "1st ms",
+                 "peak MiB", "abs err", "rel err", "top-1" if doc["model"]["task"] == "classify" else "cos min")
     for r in doc["results"]:
-        label = escape(_engine_label(engines[r["engine"]]))
+        name = escape(r["engine"])
         if r["status"] != "ok":
-            t.add_row(label, str(r["batch"]), f"[red]error[/red]: {escape(str(r['error']))[:80]}")
+            speed.add_row(name, str(r["batch"]), "[red]error[/red]")
+            cost.add_row(name, str(r["batch"]), "[red]error[/red]: " + escape(str(r["error"]))[:60])
             continue
         lat, mem, agr = r["latency"], r["memory"] or {}, r["agreement"]
-        t.add_row(
-            label, str(r["batch"]), f"{lat['median_ms']:.3f}", f"{lat['p90_ms']:.3f}", f"{lat['p99_ms']:.3f}",
-            f"{lat['throughput_sps']:,.0f}", f"{r['load_s']:.3f}", f"{r['first_call_s']:.3f}",
-            fmt_bytes(mem.get("peak_delta_bytes")), "-" if agr is None else f"{agr['max_abs_err']:.2e}",
-            fmt_agreement(agr), str(lat["n"]),
-        )
-    console.print(t)
-    console.print("peak mem: the engine process's peak RSS during the batch minus its RSS before loading")
+        speed.add_row(name, str(r["batch"]), _ms(lat["median_ms"]), _ms(lat["p90_ms"]), _ms(lat["p99_ms"]),
+                      f"{lat['throughput_median_sps']:,.0f}", f"{lat['throughput_sps']:,.0f}", str(lat["n"]))
+        cost.add_row(name, str(r["batch"]), _ms(r["load_s"] * 1e3), _ms(r["first_call_s"] * 1e3),
+                     _mib(mem.get("peak_delta_bytes")),
+                     "-" if agr is None else f"{agr['max_abs_err']:.1e}",
+                     "-" if agr is None else f"{agr['max_rel_err']:.1e}", fmt_agreement(agr, short=True))
+    console.print(speed)
+    console.print(cost)
+    console.print(
+        "samples/s: batch / median latency; overall: samples / total time, which a busy machine drags "
+        "down. peak MiB: the engine process's peak RSS in the batch minus its RSS before loading. "
+        "abs/rel err: max over outputs, rel = abs / max |exact|."
+    )
+    for e in doc["engines"]:
+        line = f"{e['name']}: {_engine_label(e)} {e['version'] or ''}"
+        if e["status"] != "ok":
+            line += f" [failed: {e['error']}]"
+        console.print(escape(line.rstrip() + ("; " + "; ".join(e["notes"]) if e["notes"] else "")))
     for s in doc["skipped"]:
         console.print(f"skipped: {escape(s['message'])}")
     for line in doc["fairness"]:
         console.print(f"- {escape(line)}")
+
+
+def _mib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+def _ms(x: float) -> str:
+    return f"{x:.3g}" if x < 100 else f"{x:,.0f}"
 
 
 def _engine_label(e: dict[str, Any]) -> str:

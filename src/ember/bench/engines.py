@@ -112,7 +112,7 @@ class Engine:
     """A loaded engine bound to one batch of inputs. `run()` is what the harness times."""
 
     load_per_batch = False  # True: a fresh compile per batch size (the load time repeats)
-    samples_per_call = 1
+    requests_per_call = 1  # OpenVINO's THROUGHPUT mode runs several requests of the batch per call
 
     def __init__(self, spec: EngineSpec, threads: int) -> None:
         self.spec = spec
@@ -196,7 +196,7 @@ class OpenVinoEngine(Engine):
     """Compiled per batch: a static shape per batch is OpenVINO's fast path, and the performance
     hint differs (LATENCY at batch 1, THROUGHPUT above). Under THROUGHPUT one timed call runs the
     compiled model's optimal number of requests in parallel, each on the whole batch, because that is
-    how the hint is meant to be used; `samples_per_call` counts them all."""
+    how the hint is meant to be used; `requests_per_call` counts them."""
 
     load_per_batch = True
 
@@ -226,7 +226,7 @@ class OpenVinoEngine(Engine):
         else:
             self.request = compiled.create_infer_request()
         self.nreq = nreq
-        self.samples_per_call = batch * nreq
+        self.requests_per_call = nreq
         self.settings.update(
             performance_hint=hint,
             inference_precision=_ov_precision(compiled.get_property("INFERENCE_PRECISION_HINT")),
@@ -277,12 +277,16 @@ class TorchEngine(Engine):
         self.settings.update(num_threads=torch.get_num_threads(), mode="eager, inference_mode")
 
     def load(self, path: str) -> None:
+        import warnings
+
         torch = self.torch
         self.module = self.module.eval()
         if self.spec.precision == "int8":
-            self.module = torch.ao.quantization.quantize_dynamic(
-                self.module, {torch.nn.Linear}, dtype=torch.qint8
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+                self.module = torch.ao.quantization.quantize_dynamic(
+                    self.module, {torch.nn.Linear}, dtype=torch.qint8
+                )
 
     def bind(self, feeds: dict[str, np.ndarray]) -> None:
         self.args = tuple(self.torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values())

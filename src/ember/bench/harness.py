@@ -29,7 +29,7 @@ from ember.bench import stats
 from ember.bench.config import BenchConfig
 from ember.bench.console import Progress
 from ember.bench.engines import INSTALL, EngineSpec, engine_specs, peer_available, versions
-from ember.bench.machine import describe_machine
+from ember.bench.machine import describe_machine, load_average
 from ember.bench.report import BenchReport, fairness_notes
 from ember.bench.worker import WorkerState, recv, send
 from ember.errors import ConfigError, ModelError
@@ -43,9 +43,6 @@ _BOOT = "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); from ember.be
 
 # -- runners: one engine, in a worker process or (fallback) in this process ---------------------------
 
-
-class EngineFailed(Exception):
-    """An engine failed to load or run; its rows say why and the run goes on."""
 
 
 class ProcessRunner:
@@ -444,11 +441,9 @@ def _run(
         eng = engines[row["engine"]]
         if row["status"] == "ok" and not eng["settings"]:
             eng["settings"] = row["settings"]
-            ran = row["settings"].get("inference_precision")
-            eng["precision_ran"] = ran or (eng["precision"] if eng["peer"] != "ember" else "fp32")
     for eng in engines.values():
-        if eng["precision_ran"] is None and eng["status"] == "ok":
-            eng["precision_ran"] = eng["precision"]
+        if eng["status"] == "ok":
+            eng["precision_ran"] = _precision_ran(eng)
 
     doc = {
         "schema": SCHEMA_ID,
@@ -457,7 +452,7 @@ def _run(
             "path": str(source.path),
             "inputs": [_spec_json(s) for s in specs_in],
             "outputs": [_spec_json(s) for s in reference.outputs],
-            "task": task if config.batches else config.task,
+            "task": task,
             "input_data": "given" if source.inputs is not None else f"random (seed {config.seed})",
         },
         "config": {
@@ -471,10 +466,19 @@ def _run(
         "skipped": skipped,
         "results": results,
     }
+    doc["machine"]["load_average_end"] = load_average()
     doc["ratios"] = _ratios(doc)
     doc["fairness"] = fairness_notes(doc)
-    doc["machine"]["load_average_end"] = describe_machine()["load_average"]
     return BenchReport(doc)
+
+
+def _precision_ran(eng: dict[str, Any]) -> str:
+    """What an engine ran: OpenVINO reads its inference precision back; the others run what they
+    were asked (ember: always fp32)."""
+    ran = eng["settings"].get("inference_precision") or eng["precision"]
+    if eng["quantized"]:
+        return "int8 QDQ" if eng["peer"] == "ort" else f"int8 QDQ, {ran} elsewhere"
+    return str(ran)
 
 
 def _is_optional(model: Any, name: str) -> bool:

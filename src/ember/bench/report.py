@@ -131,6 +131,7 @@ def fairness_notes(doc: dict[str, Any]) -> list[str]:
     flags = ", ".join(k for k, v in (m.get("cpu_flags") or {}).items() if v) or "unknown"
     notes.append(
         f"Machine: {m.get('cpu_model') or 'unknown CPU'} ({m.get('cpu_affinity') or m.get('cpu_count')} "
-        f"usable CPUs; flags {flags}); load average at start {m.get('load_average')}."
+        f"usable CPUs; flags {flags}); load average {m.get('load_average')} at start, "
+        f"{m.get('load_average_end')} at end (a load above the CPU count means other work shared the CPUs)."
     )
     return notes

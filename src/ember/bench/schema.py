@@ -41,7 +41,8 @@ LATENCY = _obj({
     "std_ms": _d(NUM, "standard deviation"),
     "min_ms": _d(NUM, "fastest call"),
     "max_ms": _d(NUM, "slowest call"),
-    "throughput_sps": _d(NUM, "samples per second: samples_per_call * n / total timed seconds"),
+    "throughput_sps": _d(NUM, "samples per second over all timed calls: samples_per_call * n / total seconds"),
+    "throughput_median_sps": _d(NUM, "samples per second of a median call: samples_per_call / median (what ratios use)"),
 }, "per-call latency of the timed calls (warm-up excluded)")
 
 MEMORY = _obj({

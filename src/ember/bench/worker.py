@@ -117,8 +117,10 @@ class WorkerState:
 
     def prepare(self, msg: dict[str, Any]) -> dict[str, Any]:
         engine = self.engine
+        feeds = msg["feeds"]
+        batch = next(iter(feeds.values())).shape[0]
         t0 = time.perf_counter()
-        engine.bind(msg["feeds"])
+        engine.bind(feeds)
         bind_s = time.perf_counter() - t0
         load_s = self.load_s + bind_s if engine.load_per_batch else self.load_s
         t0 = time.perf_counter()
@@ -137,7 +139,7 @@ class WorkerState:
             "load_s": load_s,
             "first_call_s": first_call_s,
             "warmup_calls": n,
-            "samples_per_call": engine.samples_per_call,
+            "samples_per_call": batch * engine.requests_per_call,
             "outputs": engine.outputs(result),
             "settings": dict(engine.settings),
         }

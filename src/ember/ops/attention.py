@@ -54,6 +54,7 @@ def _attention_bias(
     nonpad_kv_seqlen: np.ndarray | None,
     *,
     B: int,
+    Hq: int,
     Sq: int,
     Skv: int,
     past: int | None,
@@ -79,6 +80,15 @@ def _attention_bias(
             fill = False if attn_mask.dtype == np.bool_ else -np.inf
             attn_mask = np.pad(
                 attn_mask, [(0, 0)] * (attn_mask.ndim - 1) + [(0, pad)], constant_values=fill
+            )
+        try:
+            ok = np.broadcast_shapes(attn_mask.shape, (B, Hq, Sq, Skv)) == (B, Hq, Sq, Skv)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"attn_mask of shape {attn_mask.shape} (padded to {Skv} keys) does not broadcast "
+                f"to (batch, q_num_heads, q_len, total_kv_len) = {(B, Hq, Sq, Skv)}"
             )
         if attn_mask.dtype == np.bool_:
             allowed = attn_mask
@@ -212,6 +222,7 @@ def _attention(
         attn_mask,
         nonpad_kv_seqlen,
         B=B,
+        Hq=Hq,
         Sq=Sq,
         Skv=Skv,
         past=past_key.shape[2] if past_key is not None else None,
@@ -232,10 +243,8 @@ def _attention(
         probs = np.where(row_all_masked, np.zeros((), probs.dtype), probs)
     qk = (raw, capped, with_bias, probs)[qk_matmul_output_mode]
     probs = probs.astype(wt)
-    y = np.matmul(probs.reshape(B, Hkv, G, Sq, Skv), v[:, :, None]).astype(
-        wt
-    )  # (B, Hkv, G, Sq, Dv)
-    y = y.reshape(B, Hq, Sq, Dv)
+    y = np.matmul(probs.reshape(B, Hkv, G, Sq, Skv), v[:, :, None])  # (B, Hkv, G, Sq, Dv)
+    y = y.astype(wt).reshape(B, Hq, Sq, Dv)
     if is3d:
         y = y.transpose(0, 2, 1, 3).reshape(B, Sq, Hq * Dv)
     return (

@@ -14,7 +14,9 @@ from ember.ops.common import normalize_axis
 from ember.ops.registry import op
 
 
-def _check_indices(op_type: str, indices: np.ndarray, size: np.ndarray | int, axis: str) -> np.ndarray:
+def _check_indices(
+    op_type: str, indices: np.ndarray, size: np.ndarray | int, axis: str
+) -> np.ndarray:
     """int64 indices with negatives wrapped; ValueError for the first one outside [-size, size).
 
     `size` may be an array broadcasting against `indices` (one size per index column, GatherND).
@@ -24,9 +26,7 @@ def _check_indices(op_type: str, indices: np.ndarray, size: np.ndarray | int, ax
     if np.any(bad):
         pos = tuple(int(i) for i in np.argwhere(bad)[0])
         n = int(np.broadcast_to(size, idx.shape)[pos])
-        raise ValueError(
-            f"{op_type}: index {int(idx[pos])} is out of range for {axis} of size {n}"
-        )
+        raise ValueError(f"{op_type}: index {int(idx[pos])} is out of range for {axis} of size {n}")
     return np.where(idx < 0, idx + size, idx)
 
 
@@ -64,6 +64,11 @@ def GatherElements_11(data, indices, *, axis=0):
 
 @op
 def GatherND_11(data, indices, *, batch_dims=0):
+    """Slices of `data` addressed by the last axis of `indices`, after `batch_dims` shared axes.
+
+    >>> GatherND_11(np.arange(6).reshape(2, 3), np.array([[1, -1], [0, 0]])).tolist()
+    [5, 0]
+    """
     # `batch_dims` exists since opset 12; 0 gives the opset-11 behaviour.
     b = batch_dims
     k = indices.shape[-1] if indices.ndim else 0
@@ -172,14 +177,16 @@ def TensorScatter_24(past_cache, update, write_indices=None, *, mode="linear", a
     if a == 0:
         raise ValueError("TensorScatter: axis cannot be 0 (the batch axis)")
     if update.ndim != r or any(
-        u != p for d, (u, p) in enumerate(zip(update.shape, past_cache.shape, strict=True)) if d != a
+        u != p
+        for d, (u, p) in enumerate(zip(update.shape, past_cache.shape, strict=True))
+        if d != a
     ):
         raise ValueError(
             f"TensorScatter: update shape {update.shape} does not match cache {past_cache.shape} "
             f"off axis {a}"
         )
     S_max, S = past_cache.shape[a], update.shape[a]
-    if S > S_max:
+    if S_max < S:
         raise ValueError(f"TensorScatter: update length {S} exceeds the cache length {S_max}")
     B = past_cache.shape[0]
     start = (
@@ -201,7 +208,7 @@ def TensorScatter_24(past_cache, update, write_indices=None, *, mode="linear", a
     else:
         raise ValueError(f"TensorScatter: mode must be 'linear' or 'circular', got {mode!r}")
     out = past_cache.copy()
-    # Bring the sequence axis next to the batch axis, (B, S_max, ...): a view, so writes land in out.
+    # The sequence axis next to the batch axis, (B, S_max, ...): a view, so writes land in out.
     view = np.moveaxis(out, a, 1)
     # Index (B, S) positions; the dims between batch and sequence axis ride along in `...`.
     view[np.arange(B)[:, None], pos] = np.moveaxis(update, a, 1)

@@ -7,6 +7,7 @@ the window arithmetic (auto_pad, pads, ceil_mode) is conv.py's `window_geometry`
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -23,10 +24,14 @@ def _window(x: np.ndarray, kernel_shape, **kw) -> Window:
     return window_geometry(x.shape[2:], tuple(kernel_shape), **kw)
 
 
-def _flat_windows(x: np.ndarray, win: Window, fill) -> np.ndarray:
-    """(N, C, *O, prod(K)): the windows with their taps flattened (one copy)."""
-    v = extract_windows(x, win, fill)
-    return v.reshape(*v.shape[: 2 + len(win.out_shape)], -1)
+def _window_sum(x: np.ndarray, win: Window, fn=None) -> np.ndarray:
+    """Sum of fn(tap) over each window (padding reads 0), one strided slice per kernel tap."""
+    v = extract_windows(x, win, 0)
+    total = np.zeros(v.shape[: x.ndim], dtype=x.dtype)
+    for tap in np.ndindex(*win.kernel):  # a loop over kernel taps
+        t = v[(..., *tap)]
+        total += fn(t) if fn is not None else t
+    return total
 
 
 def _tap_counts(win: Window, in_shape: tuple[int, ...], count_pad: bool) -> np.ndarray:
@@ -64,26 +69,42 @@ def _lowest(dtype: np.dtype):
 def _max_pool(X, win: Window, *, storage_order: int, want_indices: bool):
     if storage_order not in (0, 1):
         raise ValueError(f"storage_order={storage_order} must be 0 (row major) or 1 (column major)")
-    taps = _flat_windows(X, win, _lowest(X.dtype))  # (N, C, *O, K)
+    v = extract_windows(X, win, _lowest(X.dtype))  # (N, C, *O, *K)
+    first: tuple[Any, ...] = (..., *([0] * len(win.kernel)))
+    y = v[first].copy()
+    arg = np.zeros(y.shape, dtype=np.int64)  # the first maximum in row-major tap order
+    for j, tap in enumerate(np.ndindex(*win.kernel)):  # a loop over kernel taps
+        if j == 0:
+            continue
+        t = v[(..., *tap)]
+        if not want_indices:
+            np.maximum(y, t, out=y)
+            continue
+        better = t > y
+        if X.dtype.kind == "f":
+            better |= np.isnan(t)  # NaN wins, as in np.maximum
+        arg[better] = j
+        np.copyto(y, t, where=better)
     if not want_indices:
-        return taps.max(axis=-1)
-    arg = taps.argmax(axis=-1)  # first maximum in row-major tap order
-    y = np.take_along_axis(taps, arg[..., None], axis=-1)[..., 0]
+        return y
     N, C, *S = X.shape
     nd = len(S)
     tap_pos = np.unravel_index(arg, win.kernel)  # per axis: (N, C, *O) tap coordinate
     # Input coordinate of the maximum along each spatial axis, then the flat index into X.
     # NOTE: storage_order=1 flattens the spatial axes column-major; N and C stay outermost.
     flat = np.zeros(arg.shape, dtype=np.int64)
+    inside = np.ones(arg.shape, dtype=bool)
     strides_sp = np.cumprod([1, *S[:-1]]) if storage_order else np.cumprod([1, *S[::-1]])[:-1][::-1]
     for i in range(nd):
         o = np.arange(win.out_shape[i]).reshape((-1,) + (1,) * (nd - 1 - i))
         coord = o * win.strides[i] - win.pads_begin[i] + tap_pos[i] * win.dilations[i]
+        inside &= (coord >= 0) & (coord < S[i])
         flat += coord * int(strides_sp[i])
     plane = math.prod(S)
     nc = (np.arange(N)[:, None] * C + np.arange(C)[None, :]) * plane
     flat += nc.reshape(N, C, *([1] * nd))
-    return y, flat
+    # A window entirely in the padding (pads >= kernel) has no maximum in X: index -1.
+    return y, np.where(inside, flat, -1)
 
 
 @op
@@ -136,7 +157,7 @@ def MaxPool_10(
 
 def _avg_pool(X, win: Window, count_include_pad: int, ctx) -> np.ndarray:
     (x,) = work_arrays(ctx, X)
-    total = _flat_windows(x, win, 0).sum(axis=-1)  # (N, C, *O)
+    total = _window_sum(x, win)  # (N, C, *O)
     counts = _tap_counts(win, X.shape[2:], bool(count_include_pad))
     return (total / counts).astype(X.dtype, copy=False)
 
@@ -208,7 +229,7 @@ def AveragePool_19(
 def _lp_pool(X, win: Window, p, ctx) -> np.ndarray:
     # Padding contributes zeros to the sum: the Lp norm of the window's input values.
     (x,) = work_arrays(ctx, X)
-    total = (np.abs(_flat_windows(x, win, 0)) ** p).sum(axis=-1)
+    total = _window_sum(x, win, lambda t: np.abs(t) ** p)
     return (total ** (1.0 / p)).astype(X.dtype, copy=False)
 
 

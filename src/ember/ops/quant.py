@@ -84,6 +84,7 @@ def expand_qparam(
     if r == 0:
         raise ValueError(f"{name} of shape {param.shape} cannot apply to a scalar input")
     axis = normalize_axis(axis, r)
+    per_axis = param.ndim == 1 and r > 1
     if param.ndim == 1:  # per-axis: lift to rank r with the values along `axis`
         lifted_shape = [1] * r
         lifted_shape[axis] = param.shape[0]
@@ -94,6 +95,10 @@ def expand_qparam(
             f"blocked (rank {r}) quantization of an input of shape {shape}"
         )
     s, d = param.shape[axis], shape[axis]
+    if per_axis and s != d:
+        raise ValueError(
+            f"per-axis {name} has {s} values but axis {axis} of the input {shape} has {d}"
+        )
     if s not in (1, d):  # blocked along `axis`: each value covers block_size input elements
         if block_size <= 0:
             raise ValueError(

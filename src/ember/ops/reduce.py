@@ -88,8 +88,10 @@ def _log_sum(x, axes, kd):
 def _log_sum_exp(x, axes, kd):
     # Shift by the max so exp never overflows; an infinite max (all -inf, or some +inf) is not a
     # usable shift, and 0 gives the right limit there (log 0 = -inf, log inf = inf).
-    m = np.max(x, axis=axes, keepdims=True, initial=-np.inf) if x.size else np.zeros(
-        _reduced_shape(x.shape, axes, 1), x.dtype
+    m = (
+        np.max(x, axis=axes, keepdims=True, initial=-np.inf)
+        if x.size
+        else np.zeros(_reduced_shape(x.shape, axes, 1), x.dtype)
     )
     m = np.where(np.isfinite(m), m, 0).astype(x.dtype, copy=False)
     s = np.sum(np.exp(x - m), axis=axes, keepdims=True)
@@ -309,7 +311,13 @@ def TopK_10(X, K, *, axis=-1):
 
 
 @op
-def TopK_11(X, K, *, axis=-1, largest=1, sorted=1):  # noqa: A002  (ONNX name)
+def TopK_11(X, K, *, axis=-1, largest=1, sorted=1):
+    """The k largest (smallest) values along `axis` and their indices; ties go to the lower index.
+
+    >>> values, indices = TopK_11(np.array([1, 3, 3, 2]), np.array([2]))
+    >>> values.tolist(), indices.tolist()
+    ([3, 3], [1, 2])
+    """
     # sorted=0 leaves the order unspecified, so a sorted result is conformant.
     return _top_k(X, _k_value(K), axis, largest)
 

@@ -131,10 +131,12 @@ def _resample_axis(data: np.ndarray, axis: int, idx: np.ndarray, w: np.ndarray) 
     """out[..., o, ...] = sum_t w[o, t] * data[..., idx[o, t], ...]."""
     if idx.shape[1] == 1 and np.all(w == 1):
         return np.take(data, idx[:, 0], axis=axis)
-    gathered = np.take(data, idx, axis=axis)  # (..., O, T, ...)
-    shape = [1] * gathered.ndim
-    shape[axis], shape[axis + 1] = w.shape
-    return (gathered * w.reshape(shape)).sum(axis=axis + 1)
+    shape = [1] * data.ndim
+    shape[axis] = idx.shape[0]
+    out = np.take(data, idx[:, 0], axis=axis) * w[:, 0].reshape(shape)
+    for t in range(1, idx.shape[1]):  # a loop over the filter taps
+        out += np.take(data, idx[:, t], axis=axis) * w[:, t].reshape(shape)
+    return out
 
 
 def _cast_result(y: np.ndarray, dtype: np.dtype) -> np.ndarray:

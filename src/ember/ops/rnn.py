@@ -8,6 +8,7 @@ and leave its state alone, and the reverse direction starts at the entry's last 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
 import numpy as np
 
 from ember.ops.common import accumulate
@@ -32,7 +33,7 @@ _ACTIVATIONS: dict[str, tuple[int, tuple[float, float], Callable[[float, float],
     "sigmoid": (0, (0.0, 0.0), lambda a, b: _sigmoid),
     "affine": (2, (1.0, 0.0), lambda a, b: lambda x: a * x + b),
     "leakyrelu": (1, (0.01, 0.0), lambda a, b: lambda x: np.where(x >= 0, x, a * x)),
-    "thresholdedrelu": (1, (1.0, 0.0), lambda a, b: lambda x: np.where(x > a, x, 0)),
+    "thresholdedrelu": (1, (1.0, 0.0), lambda a, b: lambda x: np.where(x >= a, x, 0)),
     "scaledtanh": (2, (1.0, 1.0), lambda a, b: lambda x: a * np.tanh(b * x)),
     "hardsigmoid": (2, (0.2, 0.5), lambda a, b: lambda x: np.clip(a * x + b, 0, 1)),
     "elu": (1, (1.0, 0.0), lambda a, b: lambda x: np.where(x >= 0, x, a * np.expm1(x))),
@@ -99,7 +100,7 @@ class _Setup:
         W: np.ndarray,
         R: np.ndarray,
         sequence_lens: np.ndarray | None,
-        states: list[np.ndarray | None],
+        given_states: list[np.ndarray | None],
         *,
         n_gates: int,
         direction: str,
@@ -115,7 +116,7 @@ class _Setup:
         self.layout = layout
         if layout == 1:
             X = X.transpose(1, 0, 2)
-            states = [s.transpose(1, 0, 2) if s is not None else None for s in states]
+            given_states = [s.transpose(1, 0, 2) if s is not None else None for s in given_states]
         T, B, _ = X.shape
         D = _n_directions(direction)
         H = R.shape[-1]
@@ -128,7 +129,8 @@ class _Setup:
             raise ValueError(f"hidden_size={hidden_size} but R has shape {R.shape}")
         if W.shape[1] != n_gates * H or R.shape[1] != n_gates * H:
             raise ValueError(
-                f"W and R need {n_gates}*hidden_size={n_gates * H} rows, got W {W.shape}, R {R.shape}"
+                f"W and R need {n_gates}*hidden_size={n_gates * H} rows, got W {W.shape}, "
+                f"R {R.shape}"
             )
         if sequence_lens is None:
             lens = np.full(B, T, dtype=np.int64)
@@ -138,9 +140,13 @@ class _Setup:
                 raise ValueError(
                     f"sequence_lens must hold {B} lengths in [0, {T}], got {lens.tolist()}"
                 )
-        states = [
-            s if s is not None else np.zeros((D, B, H), dtype=X.dtype) for s in states
-        ]
+        states: list[np.ndarray] = []
+        for s in given_states:
+            if s is not None and s.shape != (D, B, H):
+                want = (D, B, H) if layout == 0 else (B, D, H)
+                got = s.shape if layout == 0 else s.transpose(1, 0, 2).shape
+                raise ValueError(f"initial states must have shape {want}, got {got}")
+            states.append(s if s is not None else np.zeros((D, B, H), dtype=X.dtype))
         X, W, R, *states = accumulate(ctx, X, W, R, *states)
         self.X, self.W, self.R, self.states = X, W, R, states
         self.T, self.B, self.H, self.D = T, B, H, D
@@ -148,7 +154,9 @@ class _Setup:
         self.mask = (t < lens[None, :])[..., None]  # (T, B, 1): step t is valid for entry b
         # Reverse order within each entry's valid prefix; padding steps stay put. An involution.
         self.reverse_index = np.where(t < lens[None, :], lens[None, :] - 1 - t, t)  # (T, B)
-        self.reversed = [direction == "reverse" or (direction == "bidirectional" and d == 1) for d in range(D)]
+        self.reversed = [
+            direction == "reverse" or (direction == "bidirectional" and d == 1) for d in range(D)
+        ]
 
     def inputs(self, d: int) -> np.ndarray:
         """X in the processing order of direction d: (T, B, I)."""
@@ -163,7 +171,9 @@ class _Setup:
             Y = Y[self.reverse_index, np.arange(self.B)[None, :]]
         return Y
 
-    def finish(self, Ys: list[np.ndarray], finals: list[list[np.ndarray]]) -> tuple[np.ndarray, ...]:
+    def finish(
+        self, Ys: list[np.ndarray], finals: list[list[np.ndarray]]
+    ) -> tuple[np.ndarray, ...]:
         """Stack directions and restore the layout: Y (T, D, B, H) and states (D, B, H)."""
         Y = np.stack(Ys, axis=1).astype(self.dtype, copy=False)
         outs = [np.stack(f, axis=0).astype(self.dtype, copy=False) for f in finals]
@@ -207,8 +217,18 @@ def _rnn(
     layout: int,
     ctx: OpContext | None,
 ) -> tuple[np.ndarray, ...]:
-    s = _Setup(X, W, R, sequence_lens, [initial_h], n_gates=1, direction=direction,
-               hidden_size=hidden_size, layout=layout, ctx=ctx)
+    s = _Setup(
+        X,
+        W,
+        R,
+        sequence_lens,
+        [initial_h],
+        n_gates=1,
+        direction=direction,
+        hidden_size=hidden_size,
+        layout=layout,
+        ctx=ctx,
+    )
     acts = _activation_functions(activations, activation_alpha, activation_beta, ["Tanh"], s.D)
     bias = _bias(B, s.D, 1, s.H, s.X)
     clipped = _clipper(clip)
@@ -245,8 +265,18 @@ def _gru(
     linear_before_reset: int,
     ctx: OpContext | None,
 ) -> tuple[np.ndarray, ...]:
-    s = _Setup(X, W, R, sequence_lens, [initial_h], n_gates=3, direction=direction,
-               hidden_size=hidden_size, layout=layout, ctx=ctx)
+    s = _Setup(
+        X,
+        W,
+        R,
+        sequence_lens,
+        [initial_h],
+        n_gates=3,
+        direction=direction,
+        hidden_size=hidden_size,
+        layout=layout,
+        ctx=ctx,
+    )
     acts = _activation_functions(
         activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh"], s.D
     )
@@ -296,8 +326,18 @@ def _lstm(
     layout: int,
     ctx: OpContext | None,
 ) -> tuple[np.ndarray, ...]:
-    s = _Setup(X, W, R, sequence_lens, [initial_h, initial_c], n_gates=4, direction=direction,
-               hidden_size=hidden_size, layout=layout, ctx=ctx)
+    s = _Setup(
+        X,
+        W,
+        R,
+        sequence_lens,
+        [initial_h, initial_c],
+        n_gates=4,
+        direction=direction,
+        hidden_size=hidden_size,
+        layout=layout,
+        ctx=ctx,
+    )
     acts = _activation_functions(
         activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh", "Tanh"], s.D
     )
@@ -319,10 +359,8 @@ def _lstm(
         for t in range(s.T):
             gates = xw[t] + h @ s.R[d].T
             i = f(clipped(gates[:, :H] + p_i * c))
-            if input_forget:
-                fg = 1 - i  # coupled input and forget gates
-            else:
-                fg = f(clipped(gates[:, 2 * H : 3 * H] + p_f * c))
+            # input_forget couples the gates: forget what is let in.
+            fg = 1 - i if input_forget else f(clipped(gates[:, 2 * H : 3 * H] + p_f * c))
             c_new = fg * c + i * g(clipped(gates[:, 3 * H :]))
             o = f(clipped(gates[:, H : 2 * H] + p_o * c_new))
             h_new = o * h_act(c_new)
@@ -355,9 +393,22 @@ def RNN(
 ) -> tuple[np.ndarray, ...]:
     """Simple RNN: H_t = f(X_t W^T + H_{t-1} R^T + Wb + Rb); returns (Y, Y_h)."""
     del output_sequence  # opset 1 only: whether Y is wanted; undeclared outputs are dropped anyway
-    return _rnn(X, W, R, B, sequence_lens, initial_h, activation_alpha=activation_alpha,
-                activation_beta=activation_beta, activations=activations, clip=clip,
-                direction=direction, hidden_size=hidden_size, layout=0, ctx=ctx)
+    return _rnn(
+        X,
+        W,
+        R,
+        B,
+        sequence_lens,
+        initial_h,
+        activation_alpha=activation_alpha,
+        activation_beta=activation_beta,
+        activations=activations,
+        clip=clip,
+        direction=direction,
+        hidden_size=hidden_size,
+        layout=0,
+        ctx=ctx,
+    )
 
 
 @op
@@ -379,9 +430,22 @@ def RNN_14(
     ctx: OpContext | None = None,
 ) -> tuple[np.ndarray, ...]:
     """RNN with `layout` (1: batch-major X, Y, initial_h, Y_h)."""
-    return _rnn(X, W, R, B, sequence_lens, initial_h, activation_alpha=activation_alpha,
-                activation_beta=activation_beta, activations=activations, clip=clip,
-                direction=direction, hidden_size=hidden_size, layout=layout, ctx=ctx)
+    return _rnn(
+        X,
+        W,
+        R,
+        B,
+        sequence_lens,
+        initial_h,
+        activation_alpha=activation_alpha,
+        activation_beta=activation_beta,
+        activations=activations,
+        clip=clip,
+        direction=direction,
+        hidden_size=hidden_size,
+        layout=layout,
+        ctx=ctx,
+    )
 
 
 @op
@@ -405,10 +469,23 @@ def GRU(
 ) -> tuple[np.ndarray, ...]:
     """GRU with gates (z, r, h); returns (Y, Y_h). Opsets 1-13 (linear_before_reset since 3)."""
     del output_sequence  # opset 1 only: whether Y is wanted; undeclared outputs are dropped anyway
-    return _gru(X, W, R, B, sequence_lens, initial_h, activation_alpha=activation_alpha,
-                activation_beta=activation_beta, activations=activations, clip=clip,
-                direction=direction, hidden_size=hidden_size, layout=0,
-                linear_before_reset=linear_before_reset, ctx=ctx)
+    return _gru(
+        X,
+        W,
+        R,
+        B,
+        sequence_lens,
+        initial_h,
+        activation_alpha=activation_alpha,
+        activation_beta=activation_beta,
+        activations=activations,
+        clip=clip,
+        direction=direction,
+        hidden_size=hidden_size,
+        layout=0,
+        linear_before_reset=linear_before_reset,
+        ctx=ctx,
+    )
 
 
 @op
@@ -431,10 +508,23 @@ def GRU_14(
     ctx: OpContext | None = None,
 ) -> tuple[np.ndarray, ...]:
     """GRU with `layout` (1: batch-major X, Y, initial_h, Y_h)."""
-    return _gru(X, W, R, B, sequence_lens, initial_h, activation_alpha=activation_alpha,
-                activation_beta=activation_beta, activations=activations, clip=clip,
-                direction=direction, hidden_size=hidden_size, layout=layout,
-                linear_before_reset=linear_before_reset, ctx=ctx)
+    return _gru(
+        X,
+        W,
+        R,
+        B,
+        sequence_lens,
+        initial_h,
+        activation_alpha=activation_alpha,
+        activation_beta=activation_beta,
+        activations=activations,
+        clip=clip,
+        direction=direction,
+        hidden_size=hidden_size,
+        layout=layout,
+        linear_before_reset=linear_before_reset,
+        ctx=ctx,
+    )
 
 
 @op
@@ -460,10 +550,25 @@ def LSTM(
 ) -> tuple[np.ndarray, ...]:
     """LSTM with gates (i, o, f, c) and peepholes P (i, o, f); returns (Y, Y_h, Y_c)."""
     del output_sequence  # opset 1 only: whether Y is wanted; undeclared outputs are dropped anyway
-    return _lstm(X, W, R, B, sequence_lens, initial_h, initial_c, P,
-                 activation_alpha=activation_alpha, activation_beta=activation_beta,
-                 activations=activations, clip=clip, direction=direction,
-                 hidden_size=hidden_size, input_forget=input_forget, layout=0, ctx=ctx)
+    return _lstm(
+        X,
+        W,
+        R,
+        B,
+        sequence_lens,
+        initial_h,
+        initial_c,
+        P,
+        activation_alpha=activation_alpha,
+        activation_beta=activation_beta,
+        activations=activations,
+        clip=clip,
+        direction=direction,
+        hidden_size=hidden_size,
+        input_forget=input_forget,
+        layout=0,
+        ctx=ctx,
+    )
 
 
 @op
@@ -488,8 +593,22 @@ def LSTM_14(
     ctx: OpContext | None = None,
 ) -> tuple[np.ndarray, ...]:
     """LSTM with `layout` (1: batch-major X, Y, initial_h/c, Y_h/c)."""
-    return _lstm(X, W, R, B, sequence_lens, initial_h, initial_c, P,
-                 activation_alpha=activation_alpha, activation_beta=activation_beta,
-                 activations=activations, clip=clip, direction=direction,
-                 hidden_size=hidden_size, input_forget=input_forget, layout=layout, ctx=ctx)
-
+    return _lstm(
+        X,
+        W,
+        R,
+        B,
+        sequence_lens,
+        initial_h,
+        initial_c,
+        P,
+        activation_alpha=activation_alpha,
+        activation_beta=activation_beta,
+        activations=activations,
+        clip=clip,
+        direction=direction,
+        hidden_size=hidden_size,
+        input_forget=input_forget,
+        layout=layout,
+        ctx=ctx,
+    )

@@ -1,4 +1,4 @@
-"""Sequence and optional ops. A sequence value is a Python list of arrays; an empty optional is None.
+"""Sequence and optional ops: a sequence is a Python list of arrays, an empty optional is None.
 
 Ops return new lists and never mutate the list they were given. An empty sequence does not remember
 its element type (SequenceEmpty's dtype is not kept).
@@ -26,11 +26,15 @@ def _sequence(x: Any, op_name: str) -> list[np.ndarray]:
 def _position(position: np.ndarray, n: int, *, inclusive_end: bool, op_name: str) -> int:
     p = np.asarray(position)
     if p.size != 1 or p.dtype.kind not in "iu":
-        raise TypeError(f"{op_name}: position must be an integer scalar, got {p.dtype}{list(p.shape)}")
+        raise TypeError(
+            f"{op_name}: position must be an integer scalar, got {p.dtype}{list(p.shape)}"
+        )
     i = int(p.reshape(-1)[0])
     hi = n if inclusive_end else n - 1
     if not -n <= i <= hi:
-        raise ValueError(f"{op_name}: position {i} is out of range [{-n}, {hi}] for a sequence of {n}")
+        raise ValueError(
+            f"{op_name}: position {i} is out of range [{-n}, {hi}] for a sequence of {n}"
+        )
     return i + n if i < 0 else i
 
 
@@ -63,8 +67,10 @@ def SequenceInsert_11(
             f"SequenceInsert: tensor dtype {np.asarray(tensor).dtype} differs from the "
             f"sequence's {np.asarray(seq[0]).dtype}"
         )
-    i = len(seq) if position is None else _position(
-        position, len(seq), inclusive_end=True, op_name="SequenceInsert"
+    i = (
+        len(seq)
+        if position is None
+        else _position(position, len(seq), inclusive_end=True, op_name="SequenceInsert")
     )
     return [*seq[:i], tensor, *seq[i:]]
 

@@ -63,7 +63,8 @@ def _dft(
     ctx: OpContext | None,
 ) -> np.ndarray:
     ax = _signal_axis(axis, x.ndim)
-    z = _to_complex(x, "DFT", _work_dtype(x, ctx))  # the signal axis keeps its index: only the last axis went
+    # Dropping the trailing real/imaginary axis leaves the signal axis at the same index.
+    z = _to_complex(x, "DFT", _work_dtype(x, ctx))
     n_in = z.shape[ax]
     if dft_length is not None:
         n = int(np.asarray(dft_length).reshape(-1)[0])
@@ -134,9 +135,7 @@ def STFT_17(
     if frame_length is not None:
         L = int(np.asarray(frame_length).reshape(-1)[0])
         if window is not None and window.shape[0] != L:
-            raise ValueError(
-                f"STFT window length {window.shape[0]} differs from frame_length {L}"
-            )
+            raise ValueError(f"STFT window length {window.shape[0]} differs from frame_length {L}")
     elif window is not None:
         L = window.shape[0]
     else:
@@ -165,11 +164,12 @@ def _cosine_window(
         raise ValueError(f"window size must be non-negative, got {n_out}")
     dtype = _np_dtype(output_datatype, "output_datatype")
     denominator = n_out if periodic else n_out - 1
+    if denominator == 0:
+        return np.ones(n_out, dtype=dtype)  # a symmetric window of one point: 0/0, 1 by convention
     n = np.arange(n_out, dtype=np.float64)
     w = np.zeros(n_out, dtype=np.float64)
     for k, a in enumerate(coefficients):
-        phase = 2 * np.pi * k * n / denominator if denominator else np.zeros_like(n)
-        w += (-1) ** k * a * np.cos(phase)
+        w += (-1) ** k * a * np.cos(2 * np.pi * k * n / denominator)
     return w.astype(dtype)
 
 
@@ -219,7 +219,9 @@ def MelWeightMatrix_17(
             f"{n_mel}, {n_dft}, {rate}"
         )
     if not 0 <= low < high:
-        raise ValueError(f"MelWeightMatrix needs 0 <= lower_edge_hertz < upper_edge_hertz, got {low}, {high}")
+        raise ValueError(
+            f"MelWeightMatrix needs 0 <= lower_edge_hertz < upper_edge_hertz, got {low}, {high}"
+        )
     dtype = _np_dtype(output_datatype, "output_datatype")
     n_bins = n_dft // 2 + 1
     # NOTE: the arithmetic keeps the inputs' dtypes (as the spec's reference does) because the

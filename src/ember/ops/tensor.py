@@ -7,7 +7,7 @@ and nothing downstream may write into an op's output either.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,8 +22,10 @@ from ember.ops.registry import OpContext, op
 
 def _string_array(values: Any) -> np.ndarray:
     """Strings as the object array of `str` that numpy_helper (and so the node tests) produce."""
-    arr = np.asarray(values, dtype=object)
-    return np.vectorize(lambda s: s.decode() if isinstance(s, bytes) else s, otypes=[object])(arr)
+    arr = np.asarray(values)
+    if arr.dtype.kind == "S":  # a STRING tensor attribute arrives as bytes
+        arr = np.strings.decode(arr, "utf-8")
+    return arr.astype(object)
 
 
 @op
@@ -56,7 +58,7 @@ def Constant(
     if len(given) != 1:
         names = ", ".join(given) or "none"
         raise ValueError(f"Constant needs exactly one value attribute, got {len(given)} ({names})")
-    (name, v), = given.items()
+    ((name, v),) = given.items()
     if name in ("value", "sparse_value"):
         v = np.asarray(v)
         return _string_array(v) if v.dtype.kind in "SU" else v
@@ -70,7 +72,7 @@ def Constant(
         return np.array(v, dtype=np.int64).reshape(-1)
     if name == "value_string":
         return _string_array(v)
-    return _string_array(list(v)).reshape(-1)  # value_strings
+    return _string_array(list(v) or np.zeros(0, dtype=str)).reshape(-1)  # value_strings
 
 
 @op
@@ -150,7 +152,9 @@ def _reshape(data: np.ndarray, shape: list[int], allowzero: int) -> np.ndarray:
             raise ValueError(f"Reshape: cannot reshape {data.shape} into {shape}")
         target[target.index(-1)] = data.size // known
     if int(np.prod(target, dtype=np.int64)) != data.size:
-        raise ValueError(f"Reshape: cannot reshape {data.shape} ({data.size} elements) into {shape}")
+        raise ValueError(
+            f"Reshape: cannot reshape {data.shape} ({data.size} elements) into {shape}"
+        )
     return data.reshape(target)
 
 
@@ -379,6 +383,11 @@ def Slice(data, *, starts, ends, axes=None):
 
 @op
 def Slice_10(data, starts, ends, axes=None, steps=None):
+    """Slice with clamped bounds; a backward slice may run past the start to take element 0.
+
+    >>> Slice_10(np.arange(6), np.array([-1]), np.array([-100]), None, np.array([-2])).tolist()
+    [5, 3, 1]
+    """
     return _slice(
         data,
         as_int_list(starts),
@@ -421,7 +430,12 @@ def Tile_6(x, repeats):
     return np.tile(x, reps)
 
 
-_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+# Pad modes other than constant, as NumPy spells them.
+_PAD_MODES: dict[str, Literal["reflect", "edge", "wrap"]] = {
+    "reflect": "reflect",
+    "edge": "edge",
+    "wrap": "wrap",
+}
 
 
 def _pad(
@@ -431,8 +445,8 @@ def _pad(
     value: Any,
     axes: list[int] | None = None,
 ) -> np.ndarray:
-    if mode not in _PAD_MODES:
-        raise UnsupportedError(f"Pad mode {mode!r} (ember knows {', '.join(_PAD_MODES)})")
+    if mode != "constant" and mode not in _PAD_MODES:
+        raise UnsupportedError(f"Pad mode {mode!r} (ember knows constant, {', '.join(_PAD_MODES)})")
     axes = list(range(data.ndim)) if axes is None else axes
     norm = [normalize_axis(a, data.ndim, name="Pad axis") for a in axes]
     if len(pads) != 2 * len(norm):
@@ -530,20 +544,20 @@ def ConstantOfShape_9(input, *, value=None):
 
 def _range(start: np.ndarray, limit: np.ndarray, delta: np.ndarray) -> np.ndarray:
     dtype = np.asarray(start).dtype
-    s, lim, d = (np.asarray(t).reshape(()) for t in (start, limit, delta))
+    bounds = [np.asarray(t).reshape(()).item() for t in (start, limit, delta)]
     if dtype.kind in "iu":
-        s, lim, d = int(s), int(lim), int(d)
+        s, lim, d = (int(v) for v in bounds)
         if d == 0:
             raise ValueError("Range: delta cannot be 0")
         n = max(-((s - lim) // d), 0)  # ceil((lim - s) / d) in exact integer arithmetic
         return (s + np.arange(n, dtype=np.int64) * d).astype(dtype)
     # Floats (half types included) are computed in float64 and rounded once: at least as exact as
     # the spec's accumulation in the stash type.
-    s, lim, d = float(s), float(lim), float(d)
-    if d == 0:
+    fs, flim, fd = (float(v) for v in bounds)
+    if fd == 0:
         raise ValueError("Range: delta cannot be 0")
-    n = max(int(np.ceil((lim - s) / d)), 0)
-    return (s + np.arange(n, dtype=np.float64) * d).astype(dtype)
+    n = max(int(np.ceil((flim - fs) / fd)), 0)
+    return (fs + np.arange(n, dtype=np.float64) * fd).astype(dtype)
 
 
 @op
@@ -553,7 +567,7 @@ def Range_11(start, limit, delta):
 
 @op
 def Range_27(start, limit, delta, *, stash_type=1):
-    from onnx import TensorProto  # noqa: PLC0415  (only the enum values)
+    from onnx import TensorProto
 
     if stash_type not in (TensorProto.FLOAT, TensorProto.DOUBLE):
         raise ValueError(f"Range: stash_type must be FLOAT (1) or DOUBLE (11), got {stash_type}")
@@ -639,7 +653,9 @@ def ReverseSequence_10(input, sequence_lens, *, batch_axis=1, time_axis=0):
         raise ValueError(f"ReverseSequence: input must have rank >= 2, got shape {x.shape}")
     ba, ta = normalize_axis(batch_axis, x.ndim), normalize_axis(time_axis, x.ndim)
     if {ba, ta} != {0, 1}:
-        raise ValueError(f"ReverseSequence: batch_axis and time_axis must be 0 and 1, got {ba}, {ta}")
+        raise ValueError(
+            f"ReverseSequence: batch_axis and time_axis must be 0 and 1, got {ba}, {ta}"
+        )
     T, B = x.shape[ta], x.shape[ba]
     lens = np.asarray(sequence_lens).astype(np.int64).reshape(-1)
     if lens.size != B:
@@ -671,7 +687,9 @@ def _one_hot(indices: np.ndarray, depth: Any, values: np.ndarray, axis: int, wra
     if wrap:  # opset 11: negative indices count from the back
         idx = np.where(idx < 0, idx + n, idx)
     # Out-of-range indices match no position and so give an all-off row.
-    hot = np.expand_dims(idx, ax) == np.arange(n).reshape([n if i == ax else 1 for i in range(r + 1)])
+    hot = np.expand_dims(idx, ax) == np.arange(n).reshape(
+        [n if i == ax else 1 for i in range(r + 1)]
+    )
     return np.where(hot, vals[1], vals[0]).astype(vals.dtype, copy=False)
 
 
@@ -693,7 +711,13 @@ def NonZero_9(X):
 
 
 @op
-def Unique_11(X, *, axis=None, sorted=1, ctx: OpContext):  # noqa: A002  (ONNX name)
+def Unique_11(X, *, axis=None, sorted=1, ctx: OpContext):
+    """Unique values (or slices along `axis`), first-occurrence indices, inverse, counts.
+
+    >>> outs = Unique_11(np.array([3, 1, 3]), sorted=0, ctx=OpContext(n_outputs=4))
+    >>> [a.tolist() for a in outs]
+    [[3, 1], [0, 1], [0, 1, 0], [2, 1]]
+    """
     a = 0 if axis is None else normalize_axis(axis, X.ndim)
     y, first, inverse, counts = np.unique(
         X.reshape(-1) if axis is None else X,

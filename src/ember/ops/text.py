@@ -7,6 +7,7 @@ Regular expressions use Python's `re`, which accepts the RE2 syntax the spec ask
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -59,7 +60,9 @@ def StringNormalizer_10(
         )
     x = _strings(X, "StringNormalizer")
     if x.ndim not in (1, 2) or (x.ndim == 2 and x.shape[0] != 1):
-        raise ValueError(f"StringNormalizer input must have shape [C] or [1, C], got {list(x.shape)}")
+        raise ValueError(
+            f"StringNormalizer input must have shape [C] or [1, C], got {list(x.shape)}"
+        )
     row = x.reshape(-1)
     if stopwords:
         if is_case_sensitive:
@@ -166,7 +169,7 @@ def TfIdfVectorizer_9(
     counts = np.zeros((B, output_size), dtype=np.int64)
     bounds = [*ngram_counts, pool.size]
     first_id = 0  # index into ngram_indexes of the first n-gram of the current size
-    for size_minus_1, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+    for size_minus_1, (start, end) in enumerate(itertools.pairwise(bounds)):
         n = size_minus_1 + 1
         grams = pool[start:end].reshape(-1, n)  # (K, n)
         columns = np.asarray(ngram_indexes[first_id : first_id + len(grams)], dtype=np.int64)
@@ -181,7 +184,7 @@ def TfIdfVectorizer_9(
             positions = np.arange(n_starts)[:, None] + step * np.arange(n)[None, :]  # (P, n)
             windows = x[:, positions]  # (B, P, n)
             hits = (windows[:, :, None, :] == grams[None, None, :, :]).all(axis=3)  # (B, P, K)
-            np.add.at(counts, (slice(None), columns), hits.sum(axis=1))
+            np.add.at(counts.T, columns, hits.sum(axis=1).T)  # columns may repeat
     w = np.asarray(weights, dtype=np.float32) if weights else None
     if w is not None and w.shape != (output_size,):
         raise ValueError(
