@@ -87,3 +87,20 @@ def test_missing_file(tmp_path) -> None:
 def test_wrong_source_type() -> None:
     with pytest.raises(ModelError, match="cannot load a model from int"):
         ember.load(42)  # type: ignore[arg-type]
+
+
+def test_sparse_constant_is_densified_without_touching_the_callers_proto() -> None:
+    sparse = onnx.helper.make_sparse_tensor(
+        onnx.numpy_helper.from_array(np.array([5.0, 7.0], np.float32), "v"),
+        onnx.numpy_helper.from_array(np.array([1, 4], np.int64), "i"),
+        [2, 3],
+    )
+    node = onnx.helper.make_node("Constant", [], ["y"], sparse_value=sparse)
+    graph = onnx.helper.make_graph(
+        [node], "g", [], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])]
+    )
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    before = proto.SerializeToString()
+    y = ember.load(proto).run({})["y"]
+    np.testing.assert_array_equal(y, [[0, 5, 0], [0, 7, 0]])
+    assert proto.SerializeToString() == before

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 import ember
 from ember.errors import ExecutionError
 from ember.ops.conv import (
-    Col2Im,
+    Col2Im_18,
     Conv,
     ConvTranspose,
     ConvTranspose_11,
@@ -385,14 +385,14 @@ def test_col2im_is_the_adjoint_of_im2col(image, block, kw):
     cols = np.moveaxis(cols, list(range(2 + nd, 2 + 2 * nd)), list(range(2, 2 + nd)))
     cols = cols.reshape(2, 3 * K, L)
     c = rand(*cols.shape, dtype=np.float64)
-    folded = Col2Im(c, np.array(image), np.array(block), **kw)
+    folded = Col2Im_18(c, np.array(image), np.array(block), **kw)
     assert folded.shape == x.shape
     np.testing.assert_allclose(np.sum(cols * c), np.sum(x * folded), rtol=1e-10)
 
 
 def test_col2im_counts_overlaps():
     ones = np.ones((1, 4, 9), dtype=np.float32)  # 2x2 blocks over a 4x4 image, stride 1
-    got = Col2Im(ones, np.array([4, 4]), np.array([2, 2]))
+    got = Col2Im_18(ones, np.array([4, 4]), np.array([2, 2]))
     np.testing.assert_array_equal(
         got[0, 0], [[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]]
     )
@@ -400,9 +400,9 @@ def test_col2im_counts_overlaps():
 
 def test_col2im_rejects_wrong_block_count():
     with pytest.raises(ValueError, match="input has 8 blocks but image_shape"):
-        Col2Im(rand(1, 4, 8), np.array([4, 4]), np.array([2, 2]))
+        Col2Im_18(rand(1, 4, 8), np.array([4, 4]), np.array([2, 2]))
     with pytest.raises(ValueError, match="not divisible by prod"):
-        Col2Im(rand(1, 5, 9), np.array([4, 4]), np.array([2, 2]))
+        Col2Im_18(rand(1, 5, 9), np.array([4, 4]), np.array([2, 2]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -451,6 +451,34 @@ def test_deform_conv_with_zero_offsets_is_conv():
     offset = np.zeros((2, 2 * 6 * 2, *ref.shape[2:]), dtype=np.float32)
     got = DeformConv_19(x, w, offset, offset_group=2, **kw)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("xs", "ws", "kw"),
+    [
+        ((2, 2, 9), (3, 2, 3), {"strides": [2], "pads": [1, 2]}),
+        (
+            (1, 2, 4, 5, 4),
+            (2, 1, 2, 3, 2),
+            {"group": 2, "dilations": [1, 1, 2], "pads": [0, 1, 0, 1, 0, 0]},
+        ),
+    ],
+)
+def test_deform_conv_is_n_dimensional(xs, ws, kw):
+    x, w = rand(*xs), rand(*ws)
+    ref = Conv(x, w, **kw)
+    nd = len(xs) - 2
+    offset = np.zeros((xs[0], int(np.prod(ws[2:])) * nd, *ref.shape[2:]), dtype=np.float32)
+    np.testing.assert_allclose(DeformConv_19(x, w, offset, **kw), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_keeps_its_dtype():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x, w = rand(1, 2, 5, 5), rand(3, 2, 3, 3)
+    got = Conv(x.astype(ml_dtypes.bfloat16), w.astype(ml_dtypes.bfloat16), pads=[1, 1, 1, 1])
+    assert got.dtype == ml_dtypes.bfloat16
+    want = Conv(x, w, pads=[1, 1, 1, 1])
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=0.05, atol=0.1)
 
 
 def test_deform_conv_fractional_offsets_mask_and_groups():

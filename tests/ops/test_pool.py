@@ -161,6 +161,14 @@ def test_max_pool_keeps_integer_and_half_dtypes_and_padding_never_wins(dtype):
     np.testing.assert_array_equal(got.astype(np.float64), want)
 
 
+def test_max_pool_window_entirely_in_padding_has_index_minus_one():
+    x = rand(1, 1, 3)
+    y, idx = MaxPool_10(x, kernel_shape=[2], pads=[2, 0], ctx=TWO_OUTPUTS)
+    assert y[0, 0, 0] == -np.inf and idx[0, 0, 0] == -1
+    pairs = [int(np.argmax(x[0, 0, :2])), 1 + int(np.argmax(x[0, 0, 1:]))]
+    np.testing.assert_array_equal(idx[0, 0, 1:], [0, *pairs])
+
+
 def test_average_pool_exact_mode_and_float16():
     x = rand(2, 3, 7, 6)
     want, _ = pool_twin(x, [3, 2], "avg", pads=[1, 0, 1, 1])

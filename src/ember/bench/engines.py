@@ -52,6 +52,11 @@ class EngineSpec:
         return f"{self.title} ({self.precision})"
 
 
+def library_module(peer: str) -> str:
+    """The module a peer's adapter imports: "onnxruntime" for "ort"."""
+    return _MODULE[peer]
+
+
 def peer_available(peer: str) -> bool:
     """Whether a peer's library can be found, without importing it (imports happen in workers)."""
     module = _MODULE[peer]

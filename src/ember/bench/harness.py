@@ -13,12 +13,15 @@ It knows nothing about how a peer works inside (ember.bench.engines) or how resu
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
+import os
 import pickle
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -49,6 +52,10 @@ class ProcessRunner:
     """Talks to one worker process."""
 
     isolation = "process"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def __init__(self) -> None:
         self.log: IO[bytes] = tempfile.TemporaryFile()  # the worker's stderr: library chatter
@@ -92,6 +99,7 @@ class LocalRunner:
     Its memory cannot be told apart from everything else here, so it is not reported."""
 
     isolation = "in-process"
+    pid = os.getpid()
 
     def __init__(self) -> None:
         self.state = WorkerState(measure_memory=False)
@@ -103,6 +111,41 @@ class LocalRunner:
 
     def close(self) -> None:
         pass
+
+
+def _cpu_ns(pids: Sequence[int]) -> int | None:
+    """CPU time used so far by every thread of `pids` (Linux /proc/PID/task/*/schedstat), in ns."""
+    total = 0
+    for pid in pids:
+        for f in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+            try:
+                with open(f) as fh:
+                    total += int(fh.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue  # a thread that ended between glob and open
+    return total or None
+
+
+def quiesce(pids: Sequence[int], *, window: float = 0.005, busy: float = 0.05, timeout: float = 1.0) -> float:
+    """Wait until `pids` use less than `busy` of one CPU over `window` seconds; returns the wait.
+
+    NOTE: thread pools keep spinning after a call returns (OpenBLAS for ~2**28 cycles, OpenMP,
+    ONNX Runtime, TBB). Interleaving engines on a small machine would hand the next engine's slice to
+    a CPU still busy with the previous engine's spinning threads, so every slice starts only once
+    all engine processes (and this one) are idle. Where /proc is missing, a fixed 0.1 s pause.
+    """
+    start = time.perf_counter()
+    prev = _cpu_ns(pids)
+    if prev is None:
+        time.sleep(0.1)
+        return time.perf_counter() - start
+    while time.perf_counter() - start < timeout:
+        time.sleep(window)
+        cur = _cpu_ns(pids) or prev
+        if cur - prev < busy * window * 1e9:
+            break
+        prev = cur
+    return time.perf_counter() - start
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -229,14 +272,14 @@ def export_torch(
 
 
 def quantize_int8(path: Path, out: Path, calibration: list[dict[str, np.ndarray]]) -> Path:
-    """An int8 QDQ copy of the model by ONNX Runtime's static quantizer, calibrated on `calibration`."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
+    """An int8 QDQ copy of the model by ONNX Runtime's static quantizer, calibrated on `calibration`.
+
+    Before quantizing, ORT's basic graph optimizations run (constant folding, Conv+BatchNorm folding),
+    which is the part of its `quant_pre_process` that matters here; that function itself imports
+    torch, which costs seconds and is not needed.
+    """
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -246,14 +289,20 @@ def quantize_int8(path: Path, out: Path, calibration: list[dict[str, np.ndarray]
             return next(self.items, None)
 
     pre = out.with_name(out.stem + ".pre.onnx")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(pre)
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    import logging
+
+    logging.disable(logging.WARNING)  # "please consider pre-processing": done above, by hand
     try:
-        quant_pre_process(str(path), str(pre))
-    except Exception:  # noqa: BLE001 (pre-processing is an optimization; quantize the model as is)
-        pre = path
-    quantize_static(
-        str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-    )
+        quantize_static(
+            str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )
+    finally:
+        logging.disable(logging.NOTSET)
     return out
 
 
@@ -526,6 +575,7 @@ def _bench_batch(
     model_name: str,
 ) -> list[dict[str, Any]]:
     rounds = config.rounds_effective
+    pids = [os.getpid(), *(r.pid for r, _ in runners.values())]
     rows: dict[str, dict[str, Any]] = {}
     times: dict[str, list[int]] = {}
     live: list[str] = []
@@ -538,6 +588,7 @@ def _bench_batch(
             continue
         runner, init = runners[spec.name]
         progress.update(f"{model_name} batch {batch}: warming up {spec.label}")
+        quiesce(pids)
         reply = runner.request({
             "op": "prepare", "feeds": feeds, "warmup": config.warmup,
             "warmup_time": config.min_time / 10, "warmup_max": config.warmup + config.max_iters // 10,
@@ -570,6 +621,7 @@ def _bench_batch(
                 continue
             progress.update(f"{model_name} batch {batch}: round {r + 1}/{rounds}, {engines[engine]['label']}")
             cap = min(per_round, config.max_iters - len(times[engine]))
+            quiesce(pids)
             reply = runners[engine][0].request({"op": "slice", "seconds": slice_s, "max_calls": max(1, cap)})
             if reply["ok"]:
                 times[engine].extend(reply["times_ns"])

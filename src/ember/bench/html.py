@@ -62,7 +62,7 @@ def plot_latency(doc: dict[str, Any]) -> str:
             ax.text(0.5, 0.5, f"batch {batch}: no engine ran", ha="center", transform=ax.transAxes)
             continue
         data = [r["samples_ms"] for r in rows]
-        parts = ax.boxplot(data, vert=False, whis=(1, 99), showfliers=True, patch_artist=True,
+        parts = ax.boxplot(data, orientation="horizontal", whis=(1, 99), showfliers=True, patch_artist=True,
                            flierprops={"markersize": 2, "alpha": 0.4})
         for patch, r in zip(parts["boxes"], rows, strict=True):
             patch.set_facecolor(colors[r["engine"]])

@@ -120,8 +120,9 @@ def fairness_notes(doc: dict[str, Any]) -> list[str]:
         f"Timing: per engine and batch, load and the first call are timed apart, {cfg['warmup']}+ "
         f"warm-up calls are not timed, then {cfg['rounds']} interleaved rounds in rotating order of "
         f"{cfg['min_time_s'] / cfg['rounds']:.3g} s each (at least one call per round, at most "
-        f"{cfg['max_iters']} timed calls in all). Each engine runs in its own process; a call is "
-        "timed with perf_counter_ns around the engine's run on inputs already in memory."
+        f"{cfg['max_iters']} timed calls in all). Each engine runs in its own process, and a slice "
+        "starts only when every engine process is idle (thread pools spin after a call returns). A "
+        "call is timed with perf_counter_ns around the engine's run on inputs already in memory."
     )
     notes.append(
         "Agreement: every engine's outputs against ember's exact mode (float64 accumulation) on the "

@@ -93,24 +93,27 @@ class WorkerState:
         self.peak_scope = "batch"
 
     def init(self, msg: dict[str, Any]) -> dict[str, Any]:
-        from ember.bench.engines import open_engine
+        import importlib
 
-        for p in reversed(msg.get("sys_path", [])):
-            if p not in sys.path:
-                sys.path.insert(0, p)
+        from ember.bench.engines import library_module, open_engine
+
+        spec = msg["spec"]
+        t0 = time.perf_counter()
+        importlib.import_module(library_module(spec.peer))
+        import_s = time.perf_counter() - t0
+        # The baseline is taken once the library is imported and before anything of the model
+        # exists (a torch module's weights arrive pickled: unpickling them is part of its load).
+        baseline = rss_bytes() if self.measure_memory else None
+        if self.measure_memory and not reset_peak():
+            self.peak_scope = "process"
+        t0 = time.perf_counter()
         module = msg.get("module")
         if isinstance(module, bytes):
             try:
                 module = pickle.loads(module)
             except Exception as e:  # noqa: BLE001 (any unpickling failure means: run it in-process)
                 return {"ok": False, "unpicklable": True, "error": f"{type(e).__name__}: {e}"}
-        t0 = time.perf_counter()
-        self.engine = open_engine(msg["spec"], msg["threads"], module)
-        import_s = time.perf_counter() - t0
-        baseline = rss_bytes() if self.measure_memory else None
-        if self.measure_memory and not reset_peak():
-            self.peak_scope = "process"
-        t0 = time.perf_counter()
+        self.engine = open_engine(spec, msg["threads"], module)
         self.engine.load(msg["path"])
         self.load_s = time.perf_counter() - t0
         return {"ok": True, "import_s": import_s, "baseline_rss_bytes": baseline}

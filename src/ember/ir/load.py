@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
@@ -62,9 +63,42 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
     return proto
 
 
+def _attributes(graph: onnx.GraphProto) -> list[onnx.AttributeProto]:
+    """Every node attribute in `graph` and its subgraphs."""
+    out = []
+    for node in graph.node:
+        for attr in node.attribute:
+            out.append(attr)
+            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                out.extend(_attributes(g))
+    return out
+
+
+def _densify_sparse_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant(sparse_value=...) rewritten as a dense `value` (onnx_ir cannot read sparse
+    attributes), on a copy: the caller's proto is never modified."""
+    if not any(a.type == onnx.AttributeProto.SPARSE_TENSOR for a in _attributes(proto.graph)):
+        return proto
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    for attr in _attributes(proto.graph):
+        if attr.type != onnx.AttributeProto.SPARSE_TENSOR:
+            continue
+        sparse = attr.sparse_tensor
+        values = onnx.numpy_helper.to_array(sparse.values)
+        indices = onnx.numpy_helper.to_array(sparse.indices)
+        dims = tuple(sparse.dims)
+        dense = np.zeros(int(np.prod(dims)), dtype=values.dtype)
+        # Indices are either flat (nnz,) or coordinates (nnz, rank).
+        flat = indices if indices.ndim == 1 else np.ravel_multi_index(indices.T, dims)
+        dense[flat] = values
+        name = "value" if attr.name == "sparse_value" else attr.name
+        attr.CopyFrom(onnx.helper.make_attribute(name, onnx.numpy_helper.from_array(dense.reshape(dims))))
+    return proto
+
+
 def _from_proto(proto: onnx.ModelProto, where: str) -> ir.Model:
     try:
-        return ir.serde.deserialize_model(proto)
+        return ir.serde.deserialize_model(_densify_sparse_constants(proto))
     except Exception as e:
         root: BaseException = e
         while root.__cause__ is not None:  # onnx_ir wraps the useful message in SerdeErrors

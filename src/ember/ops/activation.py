@@ -60,7 +60,7 @@ def _erfc(x: np.ndarray) -> np.ndarray:
         total = total + term
     out[small] = 1.0 - 2.0 / _SQRT_PI * np.exp(-s2) * total
     # erfc(a) = e^{-a^2}/sqrt(pi) / (a + (1/2)/(a + (2/2)/(a + (3/2)/(a + ...)))), evaluated
-    # from the tail; 48 levels reach double precision for a >= 2.
+    # from the tail; 48 levels give ~1e-13 relative error for a >= 2.
     b = a[~small]
     with np.errstate(over="ignore"):  # a = inf: the fraction is inf and erfc is 0, as it should
         f = b.copy()
@@ -269,6 +269,11 @@ def Mish_18(X):
 
 @op
 def Gelu_20(X, *, approximate="none"):
+    """0.5 x (1 + erf(x / sqrt 2)), or its tanh approximation.
+
+    >>> Gelu_20(np.array([-40.0, 0.0, 1.0])).round(6)
+    array([-0.      ,  0.      ,  0.841345])
+    """
     _float_input(X, "Gelu")
     x = _work(X)
     if approximate == "none":
@@ -345,6 +350,11 @@ def Softmax(input, *, axis=1, ctx=None):
 
 @op
 def Softmax_13(input, *, axis=-1, ctx=None):
+    """exp(x) / sum(exp(x)) along `axis`, shifted by the max so large inputs cannot overflow.
+
+    >>> Softmax_13(np.array([1000.0, 1000.0, -np.inf]))
+    array([0.5, 0.5, 0. ])
+    """
     _float_input(input, "Softmax")
     return _along_axis(_softmax, input, axis, ctx)
 

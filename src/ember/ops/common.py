@@ -16,7 +16,12 @@ def accumulate(ctx: OpContext | None, *arrays: np.ndarray) -> list[np.ndarray]:
     """
     if ctx is None or not ctx.exact:
         return list(arrays)
-    return [a.astype(np.float64) if a.dtype.kind == "f" else a for a in arrays]
+    return [a.astype(np.float64) if is_float(a.dtype) else a for a in arrays]
+
+
+def is_float(dtype: np.dtype) -> bool:
+    """True for NumPy floats and ml_dtypes' bfloat16/float8/float6/float4 (whose kind is 'V')."""
+    return dtype.kind == "f" or dtype.name.startswith(("bfloat16", "float8", "float6", "float4"))
 
 
 def normalize_axis(axis: int, rank: int, *, name: str = "axis") -> int:

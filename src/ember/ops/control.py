@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ember.ops.common import normalize_axis
-from ember.ops.registry import OpContext, op
+from ember.ops.registry import op
 
 if TYPE_CHECKING:
     from ember.runtime.plan import Subgraph
@@ -54,7 +54,6 @@ def Loop(
     cond: np.ndarray | None = None,
     *v_initial: Any,
     body: Subgraph,
-    ctx: OpContext | None = None,
 ) -> tuple[Any, ...]:
     """for i in range(M) while cond: body(i, cond, *carried) -> (cond, *carried, *scan outputs).
 
@@ -94,13 +93,13 @@ def Loop(
     return (*carried, *stacked)
 
 
-def _stack(values: list[Any], op_name: str, k: int, axis: int = 0) -> np.ndarray:
+def _stack(values: list[Any], op_name: str, k: int) -> np.ndarray:
     shapes = {np.shape(v) for v in values}
     if len(shapes) > 1:
         raise ValueError(
             f"{op_name} scan output {k} changes shape across iterations: {sorted(shapes)}"
         )
-    return np.stack([np.asarray(v) for v in values], axis=axis)
+    return np.stack([np.asarray(v) for v in values])
 
 
 @op

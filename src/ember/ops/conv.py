@@ -133,6 +133,12 @@ def extract_windows(x: np.ndarray, win: Window, fill: float | int = 0) -> np.nda
 
     Positions outside the input (padding, or past the end when ceil_mode adds a partial window)
     read `fill`. Only the padded copy is materialized, never the windows.
+
+    >>> x = np.arange(5).reshape(1, 1, 5)
+    >>> extract_windows(x, window_geometry((5,), (2,), strides=[2], pads=[1, 0]), fill=-1)[0, 0]
+    array([[-1,  0],
+           [ 1,  2],
+           [ 3,  4]])
     """
     n = x.ndim - 2
     ext = win.extent
@@ -288,7 +294,7 @@ def scatter_taps(
 
 
 @op
-def Col2Im(input, image_shape, block_shape, *, dilations=None, pads=None, strides=None):
+def Col2Im_18(input, image_shape, block_shape, *, dilations=None, pads=None, strides=None):
     if input.ndim != 3:
         raise ValueError(
             f"Col2Im: input must have shape (N, C*prod(block_shape), L), got {input.shape}"

@@ -87,7 +87,12 @@ def SoftmaxCrossEntropyLoss_12(
     scores, labels, weights=None, *, ignore_index=None, reduction="mean", ctx=None
 ):
     """NegativeLogLikelihoodLoss of LogSoftmax(scores, axis=1) -> loss, or (loss, log_prob) when
-    the node declares the second output; opset 13 only adds bfloat16."""
+    the node declares the second output; opset 13 only adds bfloat16.
+
+    >>> scores = np.array([[0.0, 0.0], [1000.0, 0.0]])
+    >>> SoftmaxCrossEntropyLoss_12(scores, np.array([0, 1]), reduction="none").tolist()
+    [0.6931471805599453, 1000.0]
+    """
     dt = _work_dtype(scores.dtype, ctx)
     if scores.ndim < 2 or scores.shape[1] == 0:
         raise ValueError(

@@ -247,6 +247,10 @@ def LayerNormalization_17(X, Scale, B=None, *, axis=-1, epsilon=1e-5, stash_type
     stash type and the shape of X with the normalized axes kept as 1.
 
     Stage one runs in the stash type or wider: a float64 X is never squeezed through float32.
+
+    >>> y, mean, inv_std = LayerNormalization_17(np.array([[1.0, 3.0]]), np.ones(2), epsilon=0.0)
+    >>> y, mean, inv_std
+    (array([[-1.,  1.]]), array([[2.]], dtype=float32), array([[1.]], dtype=float32))
     """
     _float_input(X, "LayerNormalization")
     u = _stash(stash_type, "LayerNormalization")

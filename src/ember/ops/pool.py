@@ -7,7 +7,6 @@ the window arithmetic (auto_pad, pads, ceil_mode) is conv.py's `window_geometry`
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
@@ -59,23 +58,20 @@ def _tap_counts(win: Window, in_shape: tuple[int, ...], count_pad: bool) -> np.n
 
 
 def _lowest(dtype: np.dtype):
-    if dtype.kind == "f":
-        return -np.inf
+    """The padding value of MaxPool: it never wins against a real input value."""
     if dtype.kind in "iu":
         return np.iinfo(dtype).min
-    return np.finfo(np.float32).min if dtype.kind == "V" else 0
+    return False if dtype.kind == "b" else -np.inf  # floats, ml_dtypes bfloat16/float8
 
 
 def _max_pool(X, win: Window, *, storage_order: int, want_indices: bool):
     if storage_order not in (0, 1):
         raise ValueError(f"storage_order={storage_order} must be 0 (row major) or 1 (column major)")
     v = extract_windows(X, win, _lowest(X.dtype))  # (N, C, *O, *K)
-    first: tuple[Any, ...] = (..., *([0] * len(win.kernel)))
-    y = v[first].copy()
+    taps = list(np.ndindex(*win.kernel))
+    y = v[(..., *taps[0])].copy()
     arg = np.zeros(y.shape, dtype=np.int64)  # the first maximum in row-major tap order
-    for j, tap in enumerate(np.ndindex(*win.kernel)):  # a loop over kernel taps
-        if j == 0:
-            continue
+    for j, tap in enumerate(taps[1:], start=1):  # a loop over kernel taps
         t = v[(..., *tap)]
         if not want_indices:
             np.maximum(y, t, out=y)

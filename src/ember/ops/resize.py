@@ -201,7 +201,7 @@ def _resize(
             raise ValueError(
                 f"keep_aspect_ratio_policy={keep_aspect_ratio_policy!r} is not supported"
             )
-        ratios = [s / in_shape[a] for s, a in zip(sizes, axes, strict=True)]
+        ratios = [s / in_shape[a] if in_shape[a] else 1.0 for s, a in zip(sizes, axes, strict=True)]
         if keep_aspect_ratio_policy == "stretch":
             axis_scale = ratios
             axis_out = sizes
@@ -243,13 +243,8 @@ def _resize(
             y = y.astype(np.float64 if ctx is not None and ctx.exact else np.float32)
     for a, s, n_out, roi_a in zip(axes, axis_scale, axis_out, rois, strict=True):
         n_in = y.shape[a]
-        if (
-            n_out == n_in
-            and s == 1
-            and roi_a is None
-            and coordinate_transformation_mode != "tf_crop_and_resize"
-        ):
-            continue
+        if n_out == n_in and s == 1 and roi_a is None:
+            continue  # identity along this axis (tf_crop_and_resize always has an roi)
         if n_in == 0 or n_out == 0:
             shape = list(y.shape)
             shape[a] = n_out
@@ -285,6 +280,8 @@ def _resize(
 @op
 def Resize_10(X, scales, *, mode="nearest", ctx=None):
     # Opset 10 had no coordinate modes: asymmetric, and onnxruntime's original nearest rounding.
+    if mode not in ("nearest", "linear"):
+        raise ValueError(f"Resize-10 mode={mode!r} is not one of nearest, linear")
     return _resize(
         X,
         None,

@@ -140,7 +140,7 @@ def compile_graph(
         if v in slots and v in graph.inputs:
             continue  # an initializer that is also an input: the caller's value wins
         if v.const_value is not None:
-            constants.append((slot(v), v.const_value.numpy()))
+            constants.append((slot(v), tensor_array(v.const_value)))
 
     produced = set(graph.inputs) | set(graph.initializers.values())
     for n in nodes:
@@ -290,6 +290,14 @@ def _bind_op(
     return record.fn, attrs
 
 
+def tensor_array(tensor: Any) -> np.ndarray:
+    """An onnx_ir tensor as the array ops take: STRING tensors become object arrays of str."""
+    array = tensor.numpy()
+    if array.dtype.kind == "S":
+        return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(array)
+    return array
+
+
 def attribute_value(attr: ir.Attr) -> Any:
     """An ONNX attribute as the plain Python/NumPy value an op function takes."""
     t = attr.type
@@ -303,24 +311,10 @@ def attribute_value(attr: ir.Attr) -> Any:
     if t == ir.AttributeType.FLOATS:
         return [float(f) for f in v]
     if t == ir.AttributeType.TENSOR:
-        return v.numpy()
+        return tensor_array(v)
     if t == ir.AttributeType.TENSORS:
-        return [x.numpy() for x in v]
-    if t == ir.AttributeType.SPARSE_TENSOR:
-        return _sparse_to_dense(v)
+        return [tensor_array(x) for x in v]
     return v
-
-
-def _sparse_to_dense(sparse: Any) -> np.ndarray:
-    proto = sparse if hasattr(sparse, "values") else ir.serde.serialize_tensor(sparse)
-    from onnx import numpy_helper
-
-    values = numpy_helper.to_array(proto.values)
-    indices = numpy_helper.to_array(proto.indices)
-    dense = np.zeros(int(np.prod(proto.dims)), dtype=values.dtype)
-    flat = indices if indices.ndim == 1 else np.ravel_multi_index(indices.T, tuple(proto.dims))
-    dense[flat] = values
-    return dense.reshape(tuple(proto.dims))
 
 
 def _reference_fallback(node: ir.Node, opsets: Mapping[str, int]) -> Callable[..., Any] | None:
