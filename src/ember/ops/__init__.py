@@ -16,6 +16,7 @@ from ember.ops import (  # noqa: F401  (imported to register their ops)
     index,
     linalg,
     loss,
+    ml,
     norm,
     pool,
     quant,
@@ -26,6 +27,7 @@ from ember.ops import (  # noqa: F401  (imported to register their ops)
     signal,
     tensor,
     text,
+    training,
 )
 from ember.ops.registry import OpContext, lookup, op, registered
 

@@ -175,7 +175,12 @@ def compile_graph(
                 unsupported.append(str(e))
                 continue
             fallback = False
-        elif allow_fallback and not subplans and (ref := _reference_fallback(node, opsets)):
+        elif (
+            allow_fallback
+            # onnx.reference runs a node's subgraphs itself, but cannot see our outer scope.
+            and not any(sub.captures for sub in subplans.values())
+            and (ref := _reference_fallback(node, opsets))
+        ):
             fn, attrs, fallback = ref, {}, True
         else:
             where = f"{node.domain}::{node.op_type}" if node.domain else node.op_type

@@ -1,0 +1,7 @@
+"""training ops (reference implementations)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ember.ops.registry import op
