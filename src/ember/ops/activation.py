@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import math
 
-import ml_dtypes
 import numpy as np
 
-from ember.ops.common import normalize_axis
+from ember.ops.common import is_float, normalize_axis, work_dtype
 from ember.ops.registry import OpContext, op
-
-_HALF = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
 def _work(x: np.ndarray) -> np.ndarray:
     """`x` in the dtype to compute with: half floats widen to float32 (NumPy has no accurate
     half-precision exp/log, and ml_dtypes' bfloat16 has none), everything else stays."""
-    return x.astype(np.float32) if x.dtype in _HALF else x
+    return x.astype(work_dtype(None, x.dtype), copy=False)
 
 
 def _float_input(x: np.ndarray, name: str) -> None:
-    if x.dtype.kind != "f" and x.dtype not in _HALF:
+    if not is_float(x.dtype):
         raise TypeError(f"{name} needs a floating-point input, got {x.dtype}")
 
 
@@ -320,7 +317,7 @@ def _hardmax(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _compute(x: np.ndarray, ctx: OpContext | None) -> np.ndarray:
-    if ctx is not None and ctx.exact and (x.dtype.kind == "f" or x.dtype in _HALF):
+    if ctx is not None and ctx.exact and is_float(x.dtype):
         return x.astype(np.float64)
     return _work(x)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
+from ember.ops.common import is_float
 from ember.ops.registry import op
 
 # ONNX TensorProto.DataType -> (name, NumPy dtype). STRING is an object array of str.
@@ -68,10 +69,6 @@ def numpy_dtype(onnx_elem_type: int) -> np.dtype:
         known = ", ".join(f"{c} ({n})" for c, (n, _) in _TYPES.items())
         raise ValueError(f"unknown ONNX element type {onnx_elem_type}; known: {known}")
     return entry[1]
-
-
-def _is_float(dtype: np.dtype) -> bool:
-    return dtype.kind == "f" or dtype in _ML_FLOATS
 
 
 def _is_text(dtype: np.dtype) -> bool:
@@ -138,7 +135,7 @@ def _to_string(x: np.ndarray) -> np.ndarray:
     """Numbers as ONNX writes them: shortest round-trip digits; NaN, INF and -INF for specials."""
     if x.dtype.kind in "OUS":
         return x.astype(np.str_).astype(object)
-    if _is_float(x.dtype):
+    if is_float(x.dtype):
         w = x.astype(np.float32) if x.dtype in _ML_FLOATS else x
         s = w.astype(np.str_)
         s = np.where(np.isnan(w), "NaN", s)

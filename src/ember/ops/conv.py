@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
-from ember.ops.common import accumulate, as_int_list
-from ember.ops.registry import OpContext, op
+from ember.ops.common import as_int_list, work_arrays
+from ember.ops.registry import op
 
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
@@ -161,23 +161,6 @@ def extract_windows(x: np.ndarray, win: Window, fill: float | int = 0) -> np.nda
         *(slice(None, None, d) for d in win.dilations),
     )
     return v[idx]
-
-
-def work_arrays(ctx: OpContext | None, *arrays: np.ndarray) -> list[np.ndarray]:
-    """Arrays to compute with: float64 in exact mode; half-precision floats widened to float32.
-
-    NumPy has no fast (or well-accumulating) float16/bfloat16 matmul, so narrow floats are widened
-    even outside exact mode; the caller casts the result back to the input dtype.
-    """
-    out = []
-    for a in accumulate(ctx, *arrays):
-        narrow_float = (a.dtype.kind == "f" and a.dtype.itemsize < 4) or a.dtype.name.startswith(
-            ("bfloat16", "float8")
-        )
-        if narrow_float:
-            a = a.astype(np.float64 if ctx is not None and ctx.exact else np.float32)
-        out.append(a)
-    return out
 
 
 def _kernel_from(w: np.ndarray, kernel_shape: list[int] | None, op_type: str) -> tuple[int, ...]:

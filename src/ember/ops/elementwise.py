@@ -17,7 +17,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from ember.ops.common import accumulate, normalize_axis
+from ember.ops.common import is_float, normalize_axis, work_arrays
 from ember.ops.registry import OpContext, op
 
 _ML_FLOATS = frozenset(
@@ -37,10 +37,6 @@ _ML_FLOATS = frozenset(
 _NARROW_FLOATS = _ML_FLOATS | {np.dtype(np.float16)}  # computed in float32, rounded once
 
 
-def _is_float(dtype: np.dtype) -> bool:
-    return dtype.kind == "f" or dtype in _ML_FLOATS
-
-
 def _is_int(dtype: np.dtype) -> bool:
     return dtype.kind in "iu"
 
@@ -50,7 +46,7 @@ def _is_text(dtype: np.dtype) -> bool:
 
 
 def _require_float(name: str, x: np.ndarray) -> None:
-    if not _is_float(x.dtype):
+    if not is_float(x.dtype):
         raise TypeError(f"{name} needs a floating-point input, got {x.dtype}")
 
 
@@ -424,12 +420,12 @@ def Div_7(A, B):
 def _pow(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """X ** Y with the dtype of X (the base), whatever the exponent's dtype."""
     with np.errstate(all="ignore"):
-        if _is_float(X.dtype):
+        if is_float(X.dtype):
             x = X.astype(np.float32) if X.dtype in _NARROW_FLOATS else X
             y = Y.astype(np.float32) if Y.dtype in _NARROW_FLOATS else Y
             return np.asarray(np.power(x, y)).astype(X.dtype, copy=False)
         _require_int("Pow", X)
-        if _is_float(Y.dtype):
+        if is_float(Y.dtype):
             y = Y.astype(np.float64)
             return np.trunc(np.power(X.astype(np.float64), y)).astype(X.dtype)
         _require_int("Pow", Y)
@@ -510,7 +506,7 @@ def _sum(name: str, xs: tuple[np.ndarray, ...], ctx: OpContext | None) -> np.nda
         raise ValueError(f"{name} needs at least one input")
     _same_dtype(name, *xs)
     dtype = xs[0].dtype
-    ws = accumulate(ctx, *[x.astype(np.float32) if x.dtype in _ML_FLOATS else x for x in xs])
+    ws = work_arrays(ctx, *xs)
     with np.errstate(all="ignore"):
         total = functools.reduce(np.add, ws)
         if name == "Mean":

@@ -6,32 +6,10 @@ mode computes every floating input in float64. Integer inputs stay integer (wrap
 
 from __future__ import annotations
 
-from typing import Any
-
-import ml_dtypes
 import numpy as np
 
-from ember.ops.registry import OpContext, op
-
-_HALF_FLOATS = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
-
-
-def _is_float(dtype: np.dtype[Any]) -> bool:
-    return dtype.kind == "f" or dtype in _HALF_FLOATS
-
-
-def work_dtype(ctx: OpContext | None, dtype: np.dtype[Any]) -> np.dtype[Any]:
-    """The dtype an accumulating op computes in for inputs of `dtype`.
-
-    float64 for floating inputs in exact mode; float32 for float16/bfloat16 (NumPy has no fast or,
-    for bfloat16, any matmul/einsum kernel for them); otherwise `dtype` itself.
-    """
-    dtype = np.dtype(dtype)
-    if ctx is not None and ctx.exact and _is_float(dtype):
-        return np.dtype(np.float64)
-    if dtype in _HALF_FLOATS:
-        return np.dtype(np.float32)
-    return dtype
+from ember.ops.common import work_dtype
+from ember.ops.registry import op
 
 
 @op

@@ -6,19 +6,12 @@ Both gather one class score per sample along axis 1, weight it, drop samples who
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 
-from ember.ops.registry import OpContext, op
+from ember.ops.common import work_dtype
+from ember.ops.registry import op
 
-_HALF = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 _REDUCTIONS = ("none", "sum", "mean")
-
-
-def _work_dtype(dtype: np.dtype, ctx: OpContext | None) -> np.dtype:
-    if ctx is not None and ctx.exact:
-        return np.dtype(np.float64)
-    return np.dtype(np.float32) if dtype in _HALF else dtype
 
 
 def _nll(
@@ -76,7 +69,7 @@ def NegativeLogLikelihoodLoss_12(
 ):
     """-input[n, target[n, d...], d...] * weight[target], reduced; opsets 13 and 22 only add
     types."""
-    dt = _work_dtype(input.dtype, ctx)
+    dt = work_dtype(ctx, input.dtype)
     w = None if weight is None else weight.astype(dt)
     loss = _nll(input.astype(dt), target, w, ignore_index, reduction, "NegativeLogLikelihoodLoss")
     return np.asarray(loss).astype(input.dtype)
@@ -93,7 +86,7 @@ def SoftmaxCrossEntropyLoss_12(
     >>> SoftmaxCrossEntropyLoss_12(scores, np.array([0, 1]), reduction="none").tolist()
     [0.6931471805599453, 1000.0]
     """
-    dt = _work_dtype(scores.dtype, ctx)
+    dt = work_dtype(ctx, scores.dtype)
     if scores.ndim < 2 or scores.shape[1] == 0:
         raise ValueError(
             f"SoftmaxCrossEntropyLoss: scores must be (N, C) or (N, C, d1, ...) with C >= 1, "

@@ -10,10 +10,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from ember.ops.common import normalize_axis
+from ember.ops.common import is_float, normalize_axis, work_dtype
 from ember.ops.registry import OpContext, op
-
-_HALF = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 # TensorProto element types a stash_type attribute may name.
 _STASH = {
@@ -24,21 +22,14 @@ _STASH = {
 }
 
 
-def _is_float(dtype: np.dtype) -> bool:
-    return dtype.kind == "f" or dtype in _HALF
-
-
 def _stat_dtype(ctx: OpContext | None, *dtypes: np.dtype) -> np.dtype:
     """The dtype to compute statistics in: float64 when exact, else the widest of `dtypes` with
     half floats widened to float32 (NumPy reduces float16 poorly and bfloat16 not at all)."""
-    if ctx is not None and ctx.exact:
-        return np.dtype(np.float64)
-    wide = [np.dtype(np.float32) if d in _HALF else np.dtype(d) for d in dtypes]
-    return np.result_type(*wide)
+    return np.result_type(*(work_dtype(ctx, d) for d in dtypes))
 
 
 def _float_input(x: np.ndarray, name: str) -> None:
-    if not _is_float(x.dtype):
+    if not is_float(x.dtype):
         raise TypeError(f"{name} needs a floating-point input, got {x.dtype}")
 
 

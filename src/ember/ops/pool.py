@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 
-from ember.ops.common import as_int_list
-from ember.ops.conv import Window, extract_windows, window_geometry, work_arrays
+from ember.ops.common import as_int_list, work_arrays
+from ember.ops.conv import Window, extract_windows, window_geometry
 from ember.ops.registry import op
 
 

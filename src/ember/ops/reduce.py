@@ -10,31 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
-from ember.ops.common import accumulate, as_int_list, normalize_axis
+from ember.ops.common import as_int_list, is_float, normalize_axis, work_arrays
 from ember.ops.registry import OpContext, op
-
-
-def _is_float(dt: np.dtype) -> bool:
-    if dt.kind == "f":
-        return True
-    try:  # bfloat16 and the float8 types are numpy "void" kinds registered by ml_dtypes
-        ml_dtypes.finfo(dt)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _work(ctx: OpContext | None, x: np.ndarray) -> np.ndarray:
-    """`x` in the dtype to accumulate in: float64 when exact, float32 for narrow floats."""
-    (w,) = accumulate(ctx, x)
-    # accumulate() widens only NumPy's own floats; bfloat16/float8 (and float16 outside exact
-    # mode) are widened here.
-    if _is_float(w.dtype) and w.dtype.itemsize < 4:
-        w = w.astype(np.float64 if ctx is not None and ctx.exact else np.float32)
-    return w
 
 
 def _reduce_axes(data: np.ndarray, axes: Any, noop_with_empty_axes: int) -> tuple[int, ...]:
@@ -61,7 +40,7 @@ def _sum(x, axes, kd):
 def _mean(x, axes, kd):
     # sum / count rather than np.mean: an empty set gives NaN without a warning.
     count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
-    total = np.sum(x, axis=axes, keepdims=kd, dtype=None if _is_float(x.dtype) else np.float64)
+    total = np.sum(x, axis=axes, keepdims=kd, dtype=None if is_float(x.dtype) else np.float64)
     return total / np.asarray(count, dtype=total.dtype)
 
 
@@ -113,9 +92,9 @@ _KERNELS: dict[str, Callable[..., np.ndarray]] = {
 
 def _reduce(op_type: str, data, axes, keepdims, noop, ctx) -> np.ndarray:
     ax = _reduce_axes(data, axes, noop)
-    w = _work(ctx, data)
+    (w,) = work_arrays(ctx, data)
     # Integer inputs (allowed before opset 28 for the log reductions) go through float64.
-    if op_type in ("ReduceLogSum", "ReduceLogSumExp", "ReduceL2") and not _is_float(w.dtype):
+    if op_type in ("ReduceLogSum", "ReduceLogSumExp", "ReduceL2") and not is_float(w.dtype):
         w = w.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         out = _KERNELS[op_type](w, ax, bool(keepdims))
@@ -333,7 +312,7 @@ def _cumulative(op_type, fn, identity, x, axis, exclusive, reverse, ctx) -> np.n
     a = normalize_axis(int(ax[0]), x.ndim)
     if x.shape[a] == 0:
         return x.copy()
-    w = _work(ctx, x)
+    (w,) = work_arrays(ctx, x)
     if reverse:
         w = np.flip(w, a)
     out = fn(w, axis=a, dtype=w.dtype)

@@ -12,8 +12,7 @@ import math
 
 import numpy as np
 
-from ember.ops.common import as_int_list, normalize_axis
-from ember.ops.conv import work_arrays
+from ember.ops.common import as_int_list, normalize_axis, work_arrays
 from ember.ops.registry import op
 
 _COORD_MODES_11 = (

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ember.ops.common import accumulate
+from ember.ops.common import work_arrays
 from ember.ops.registry import OpContext, op
 
 Activation = Callable[[np.ndarray], np.ndarray]
@@ -147,7 +147,7 @@ class _Setup:
                 got = s.shape if layout == 0 else s.transpose(1, 0, 2).shape
                 raise ValueError(f"initial states must have shape {want}, got {got}")
             states.append(s if s is not None else np.zeros((D, B, H), dtype=X.dtype))
-        X, W, R, *states = accumulate(ctx, X, W, R, *states)
+        X, W, R, *states = work_arrays(ctx, X, W, R, *states)
         self.X, self.W, self.R, self.states = X, W, R, states
         self.T, self.B, self.H, self.D = T, B, H, D
         t = np.arange(T)[:, None]  # (T, 1)
@@ -347,7 +347,7 @@ def _lstm(
         P = np.zeros((s.D, 3 * H), dtype=s.X.dtype)
     elif P.shape != (s.D, 3 * H):
         raise ValueError(f"P must have shape {(s.D, 3 * H)}, got {P.shape}")
-    (P,) = accumulate(ctx, P)
+    (P,) = work_arrays(ctx, P)
     clipped = _clipper(clip)
     Ys, finals_h, finals_c = [], [], []
     for d in range(s.D):
