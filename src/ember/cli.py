@@ -164,7 +164,7 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
     os.close(fd)
     try:
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype **kwds
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -250,27 +250,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     b = sub.add_parser("bench", help="time ember against ONNX Runtime and OpenVINO, side by side")
-    b.add_argument("model", help="an .onnx file, or a bundled zoo model name (digits_cnn, mnist_mlp)")
-    b.add_argument("--batch", default="1", metavar="1,8,32", help="batch sizes (default 1)")
-    b.add_argument("--peers", default="ort,openvino", metavar="ort,openvino",
-                   help="peers to compare with, or 'none' (default ort,openvino)")
-    b.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="threads for every engine (default: the CPUs this process may use)")
-    b.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
-                   help="what peers run; ember runs fp32 whatever this says, and the report says so")
-    b.add_argument("--min-time", type=float, default=2.0, metavar="S",
-                   help="seconds of timed calls per engine and batch (default 2)")
-    b.add_argument("--max-iters", type=int, default=1000, metavar="N",
-                   help="timed calls per engine and batch, at most (default 1000)")
-    b.add_argument("--rounds", type=int, default=10, metavar="N",
-                   help="interleaved rounds per batch; each engine runs at least once a round (default 10)")
-    b.add_argument("--task", choices=["auto", "classify", "embed"], default="auto",
-                   help="agreement as top-1 (classify) or cosine (embed); auto: classify for (batch, C) outputs")
-    b.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE", help="bind a symbolic dim")
-    b.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    b.add_argument("--json", metavar="OUT.json", help="write the report as JSON (python -m ember.bench.schema)")
-    b.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML report with plots")
-    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes, tables only")
+    arg = b.add_argument
+    arg("model", help="an .onnx file, or a bundled zoo model's name (digits_cnn, mnist_mlp)")
+    arg("--batch", default="1", metavar="1,8,32", help="batch sizes (default 1)")
+    arg("--peers", default="ort,openvino", metavar="ort,openvino",
+        help="peers to compare with, or 'none' (default ort,openvino)")
+    arg("--threads", type=int, default=None, metavar="N",
+        help="threads for every engine (default: the CPUs this process may use)")
+    arg("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+        help="what peers run; ember runs fp32 whatever this says, and the report says so")
+    arg("--min-time", type=float, default=2.0, metavar="S",
+        help="seconds of timed calls per engine and batch (default 2)")
+    arg("--max-iters", type=int, default=1000, metavar="N",
+        help="timed calls per engine and batch, at most (default 1000)")
+    arg("--rounds", type=int, default=10, metavar="N",
+        help="interleaved rounds per batch; every engine runs once a round at least (default 10)")
+    arg("--task", choices=["auto", "classify", "embed"], default="auto",
+        help="agreement as top-1 (classify) or cosine (embed); auto: classify for (batch, C)")
+    arg("--dim", action="append", default=[], metavar="NAME=SIZE", help="bind a symbolic dim")
+    arg("--seed", type=int, default=0, help="seed of the random inputs")
+    arg("--json", metavar="OUT.json", help="write the JSON report (python -m ember.bench.schema)")
+    arg("--html", metavar="OUT.html", help="write a self-contained HTML report with plots")
+    arg("-q", "--quiet", action="store_true", help="no progress bar or notes, tables only")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -76,10 +76,17 @@ def _bind_dims(model: ir.Model, dims: Mapping[str, int]) -> tuple[ir.Model, dict
     return copy, used
 
 
-def _numel(v: ir.Value | None) -> int | None:
-    if v is None or v.shape is None or not all(isinstance(d, int) for d in v.shape):
+def _static_dims(v: ir.Value | None) -> list[int] | None:
+    """The value's dims when all are known integers, else None."""
+    if v is None or v.shape is None:
         return None
-    return math.prod(int(d) for d in v.shape)  # type: ignore[arg-type]
+    dims = [d for d in v.shape if isinstance(d, int)]
+    return dims if len(dims) == len(v.shape) else None
+
+
+def _numel(v: ir.Value | None) -> int | None:
+    dims = _static_dims(v)
+    return None if dims is None else math.prod(dims)
 
 
 def _node_flops(n: ir.Node) -> int:
@@ -88,24 +95,21 @@ def _node_flops(n: ir.Node) -> int:
         return 0
     t = n.op_type
     if t in ("MatMul", "MatMulInteger", "QLinearMatMul", "Gemm"):
-        a = n.inputs[0]
-        if a is None or a.shape is None or not isinstance(a.shape[-1], int):
+        a = _static_dims(n.inputs[0])
+        if not a:
             return 0
-        k = int(a.shape[-1] if t != "Gemm" or not _attr(n, "transA") else a.shape[0])
+        k = a[0] if t == "Gemm" and _attr(n, "transA") else a[-1]
         return 2 * out * k
     if t in ("Conv", "ConvInteger", "QLinearConv"):
-        w = n.inputs[3 if t == "QLinearConv" else 1]
-        if w is None or w.shape is None or not all(isinstance(d, int) for d in w.shape):
+        w = _static_dims(n.inputs[3 if t == "QLinearConv" else 1])
+        if w is None:
             return 0
-        per_output = math.prod(int(d) for d in w.shape[1:])  # (C/groups) * kernel
-        return 2 * out * per_output
+        return 2 * out * math.prod(w[1:])  # per output: (C/groups) * kernel taps
     if t == "ConvTranspose":
-        x, w = n.inputs[0], n.inputs[1]
-        if _numel(x) is None or w is None or w.shape is None:
+        x, w = _numel(n.inputs[0]), _static_dims(n.inputs[1])
+        if x is None or w is None:
             return 0
-        if not all(isinstance(d, int) for d in w.shape):
-            return 0
-        return 2 * int(_numel(x)) * math.prod(int(d) for d in w.shape[1:])  # type: ignore[arg-type]
+        return 2 * x * math.prod(w[1:])  # each input pixel scatters into (M/groups) * taps
     if t in ("Einsum", "Attention", "LSTM", "GRU", "RNN", "Loop", "Scan", "If"):
         return 0  # data-dependent or structural: not estimated
     if t in ("Shape", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Constant",

@@ -127,7 +127,7 @@ def _from_path(path: Path) -> ir.Model:
 
 
 def _initializer_tensors(model: ir.Model) -> list[Any]:
-    tensors = []
+    tensors: list[Any] = []
     for graph in model.graphs():
         tensors.extend(v.const_value for v in graph.initializers.values() if v.const_value)
     return tensors

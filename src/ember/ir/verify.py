@@ -106,10 +106,10 @@ def verify_graph(graph: ir.Graph, opsets: dict[str, int], outer: frozenset[ir.Va
                 f"{describe(n)} uses domain {n.domain!r}, which the model does not import "
                 f"(opset_import has: {', '.join(repr(d) for d in opsets) or 'nothing'})"
             )
-        for i, v in enumerate(n.inputs):
-            if v is not None and v.name and v not in available:
+        for i, maybe_v in enumerate(n.inputs):
+            if maybe_v is not None and maybe_v.name and maybe_v not in available:
                 raise ModelError(
-                    f"{describe(n)} input {i} {v.name!r} is not produced by any node, graph input, "
+                    f"{describe(n)} input {i} {maybe_v.name!r} is not produced by any node, graph input, "
                     "initializer or enclosing graph"
                 )
     for v in graph.outputs:

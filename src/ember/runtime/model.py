@@ -46,7 +46,7 @@ def tensor_spec(value: ir.Value) -> TensorSpec:
         shape = tuple(
             d if isinstance(d, int) else (d.value if d.value else None) for d in value.shape
         )
-    return TensorSpec(value.name, dtype, shape)
+    return TensorSpec(value.name or "", dtype, shape)
 
 
 class Model:
@@ -105,7 +105,7 @@ class Model:
         feeds = self.check_inputs(inputs)
         plan = self.plan(outputs)
         graph_inputs = self.ir.graph.inputs
-        args = [feeds.get(v.name, _default(v)) for v in graph_inputs]
+        args = [feeds.get(v.name or "", _default(v)) for v in graph_inputs]
         results = plan.run(args)
         names = outputs if outputs is not None else [o.name for o in self.outputs]
         return dict(zip(names, results, strict=True))

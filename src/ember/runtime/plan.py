@@ -66,8 +66,8 @@ class Plan:
             env[slot] = value
         for slot, value in zip(self.input_slots, inputs, strict=True):
             env[slot] = value
-        for value, slot in self.captures:
-            env[slot] = outer[value] if outer is not None else None
+        for captured, slot in self.captures:
+            env[slot] = outer[captured] if outer is not None else None
         for step in self.steps:
             args = [env[i] if i is not None else None for i in step.inputs]
             kwargs = dict(step.attrs)
@@ -84,11 +84,11 @@ class Plan:
                 ) from e
             if not isinstance(result, tuple):  # a list is one sequence value, a tuple many outputs
                 result = (result,)
-            for slot, value in zip(step.outputs, result, strict=False):
-                if slot is not None:
-                    env[slot] = value
-            for slot in step.frees:
-                env[slot] = None
+            for out_slot, value in zip(step.outputs, result, strict=False):
+                if out_slot is not None:
+                    env[out_slot] = value
+            for free_slot in step.frees:
+                env[free_slot] = None
         return [env[s] for s in self.output_slots]
 
 
@@ -153,10 +153,11 @@ def compile_graph(
         opset = opsets.get(node.domain, 0)
         record = registry.find(node.op_type, node.domain, opset)
         in_slots: list[int | None] = []
-        for v in node.inputs:
-            if v is None or v.name == "":
+        for maybe_v in node.inputs:
+            if maybe_v is None or maybe_v.name == "":
                 in_slots.append(None)
                 continue
+            v = maybe_v
             if v not in produced and v not in slots:
                 captures.append((v, slot(v)))
             in_slots.append(slot(v))

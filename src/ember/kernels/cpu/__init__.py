@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ember import _C
+import ember._C as _C
 
 
 def cpu_info() -> dict[str, bool]:
