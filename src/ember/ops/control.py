@@ -27,7 +27,7 @@ def _scalar_bool(x: Any, what: str) -> bool:
 
 def _empty_scan_output(body: Subgraph, index: int, leading: int = 0) -> np.ndarray:
     """A zero-length scan output for body output `index`, from its declared type."""
-    value = body.plan.graph.outputs[index]
+    value = body.outputs[index]
     dtype: Any = np.float32
     if value.dtype is not None:
         try:
@@ -85,7 +85,7 @@ def Loop(
         for acc, value in zip(scans, outs[1 + n_carried :], strict=True):
             acc.append(value)
         i += 1
-    n_scans = len(body.plan.output_slots) - 1 - n_carried
+    n_scans = body.n_outputs - 1 - n_carried
     if scans is None:
         stacked = [_empty_scan_output(body, 1 + n_carried + k) for k in range(n_scans)]
     else:
@@ -139,7 +139,7 @@ def Scan_8(
             steps.append(list(outs[n_state:]))
         for acc, s in zip(final_states, state, strict=True):
             acc.append(np.asarray(s))
-        n_out = len(body.plan.output_slots) - n_state
+        n_out = body.n_outputs - n_state
         per_output = []
         for k in range(n_out):
             if steps:
@@ -150,7 +150,7 @@ def Scan_8(
                 empty = _empty_scan_output(body, n_state + k)
                 per_output.append(np.zeros((T, *empty.shape[1:]), dtype=empty.dtype))
         scan_out.append(per_output)
-    n_out = len(body.plan.output_slots) - n_state
+    n_out = body.n_outputs - n_state
     stacked_states = [np.stack(acc) for acc in final_states]
     if batch == 0:
         stacked_scans = [_empty_scan_output(body, n_state + k, leading=1) for k in range(n_out)]
@@ -186,7 +186,7 @@ def Scan_9(
     if len(lengths) != 1:
         raise ValueError(f"Scan inputs have different lengths along their scan axes: {lengths}")
     (T,) = lengths
-    n_out = len(body.plan.output_slots) - n_state
+    n_out = body.n_outputs - n_state
     out_axes = _per_scan(scan_output_axes, n_out, "scan_output_axes")
     out_dirs = _per_scan(scan_output_directions, n_out, "scan_output_directions")
     steps: list[list[Any]] = []

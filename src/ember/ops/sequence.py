@@ -158,7 +158,7 @@ def SequenceMap_17(
                 f"SequenceMap: additional input {k} has {len(extra)} elements, the input "
                 f"sequence {n}"
             )
-    n_out = len(body.plan.output_slots)
+    n_out = body.n_outputs
     results: list[list[Any]] = [[] for _ in range(n_out)]
     for i in range(n):
         args = [x[i] if isinstance(x, list) else x for x in additional_inputs]

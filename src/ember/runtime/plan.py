@@ -107,6 +107,15 @@ class Subgraph:
     def n_inputs(self) -> int:
         return len(self.plan.input_slots)
 
+    @property
+    def outputs(self) -> Sequence[ir.Value]:
+        """The subgraph's declared outputs (their types tell the dtype of an empty scan output)."""
+        return self.plan.graph.outputs
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.plan.output_slots)
+
     def __call__(self, *inputs: Any) -> list[Any]:
         return self.plan.run(inputs, self._outer)
 
