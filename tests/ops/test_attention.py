@@ -526,3 +526,235 @@ def test_causal_conv_streams_and_errors():
         CausalConvWithState_27(x, w, None, rand(1, 2, 3))
     with pytest.raises(ValueError, match="activation must be"):
         CausalConvWithState_27(x, w, activation="relu")
+
+
+# ----------------------------------------------------------------------------------------------
+# FlexAttention (ai.onnx.preview)
+# ----------------------------------------------------------------------------------------------
+
+PREVIEW = "ai.onnx.preview"
+
+
+def flex_twin(Q, K, V, *, scale=None, score_mod=None, prob_mod=None):
+    """Per query head, in float64: softmax(mod(q @ k^T * scale)) -> mod -> @ v."""
+    Q, K, V = (a.astype(np.float64) for a in (Q, K, V))
+    B, Hq, _, E = Q.shape
+    G = Hq // K.shape[1]
+    scale = 1.0 / math.sqrt(E) if scale is None else scale
+    scores = np.stack(
+        [np.stack([Q[b, h] @ K[b, h // G].T * scale for h in range(Hq)]) for b in range(B)]
+    )
+    if score_mod is not None:
+        scores = score_mod(scores)
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs = e / e.sum(axis=-1, keepdims=True)
+    if prob_mod is not None:
+        probs = prob_mod(probs)
+    return np.stack([np.stack([probs[b, h] @ V[b, h // G] for h in range(Hq)]) for b in range(B)])
+
+
+def mod_graph(name, nodes, initializers=(), dtype=TensorProto.FLOAT):
+    """A one-input, one-output modifier subgraph: x -> ... -> out."""
+    return helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", dtype, None)],
+        [helper.make_tensor_value_info("out", dtype, None)],
+        list(initializers),
+    )
+
+
+def causal_score_mod(dtype=TensorProto.FLOAT):
+    """Where(q_idx >= k_idx, x, -inf), the indices built from x's own shape."""
+    return mod_graph(
+        "causal",
+        [
+            helper.make_node("Shape", ["x"], ["L"], start=2, end=3),
+            helper.make_node("Shape", ["x"], ["S"], start=3, end=4),
+            helper.make_node("Squeeze", ["L"], ["Ls"]),
+            helper.make_node("Squeeze", ["S"], ["Ss"]),
+            helper.make_node("Range", ["zero", "Ls", "one"], ["qr"]),
+            helper.make_node("Range", ["zero", "Ss", "one"], ["kr"]),
+            helper.make_node("Unsqueeze", ["qr", "ax1"], ["q"]),
+            helper.make_node("GreaterOrEqual", ["q", "kr"], ["mask"]),
+            helper.make_node("Where", ["mask", "x", "ninf"], ["out"]),
+        ],
+        [
+            helper.make_tensor("zero", TensorProto.INT64, [], [0]),
+            helper.make_tensor("one", TensorProto.INT64, [], [1]),
+            helper.make_tensor("ax1", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("ninf", dtype, [], [-np.inf]),
+        ],
+        dtype,
+    )
+
+
+def run_flex(Q, K, V, attrs=None, *, extra_inputs=(), exact=False):
+    """One FlexAttention node through ember.load (opset 26 + ai.onnx.preview 1)."""
+    feeds = {"Q": Q, "K": K, "V": V, **dict(extra_inputs)}
+    node = helper.make_node(
+        "FlexAttention", ["Q", "K", "V"], ["Y"], domain=PREVIEW, **(attrs or {})
+    )
+    vi = [
+        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+        for n, a in feeds.items()
+    ]
+    graph = helper.make_graph(
+        [node], "g", vi, [helper.make_tensor_value_info("Y", TensorProto.UNDEFINED, None)]
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 26), helper.make_opsetid(PREVIEW, 1)]
+    )
+    return ember.load(model, exact=exact).run(feeds)["Y"]
+
+
+class FakeModifier:
+    """Stands in for a Subgraph: records every call and applies `fn`."""
+
+    def __init__(self, fn, dtype=None, n_inputs=1):
+        from types import SimpleNamespace
+
+        self.fn, self.n_inputs, self.seen = fn, n_inputs, []
+        value = SimpleNamespace(dtype=dtype)
+        self.plan = SimpleNamespace(graph=SimpleNamespace(inputs=[value]))
+
+    def __call__(self, *inputs):
+        self.seen.append(inputs[0])
+        return [self.fn(inputs[0])]
+
+
+@pytest.mark.parametrize(
+    ("B", "Hq", "Hkv", "L", "S", "E", "Ev"),
+    [(1, 1, 1, 1, 1, 1, 1), (2, 6, 2, 5, 7, 3, 5), (1, 4, 1, 3, 9, 8, 2), (3, 3, 3, 4, 4, 6, 6)],
+)
+def test_flex_attention_matches_twin(B, Hq, Hkv, L, S, E, Ev):
+    Q, K, V = rand(B, Hq, L, E), rand(B, Hkv, S, E), rand(B, Hkv, S, Ev)
+    y = run_flex(Q, K, V)
+    assert y.shape == (B, Hq, L, Ev) and y.dtype == np.float32
+    np.testing.assert_allclose(y, flex_twin(Q, K, V), rtol=1e-5, atol=1e-6)
+
+
+def test_flex_attention_scale_score_mod_and_prob_mod():
+    Q, K, V = rand(2, 4, 5, 8), rand(2, 2, 6, 8), rand(2, 2, 6, 3)
+    causal = np.tril(np.ones((5, 6), dtype=bool))
+    attrs = {
+        "scale": 0.3,
+        "score_mod": causal_score_mod(),
+        "prob_mod": mod_graph(
+            "half",
+            [helper.make_node("Mul", ["x", "h"], ["out"])],
+            [helper.make_tensor("h", TensorProto.FLOAT, [], [0.5])],
+        ),
+    }
+    y = run_flex(Q, K, V, attrs)
+    expected = flex_twin(
+        Q,
+        K,
+        V,
+        scale=0.3,
+        score_mod=lambda s: np.where(causal, s, -np.inf),
+        prob_mod=lambda p: p * 0.5,
+    )
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_flex_attention_score_mod_reads_the_outer_scope():
+    Q, K, V = rand(1, 2, 3, 4), rand(1, 2, 5, 4), rand(1, 2, 5, 4)
+    bias = rand(1, 1, 3, 5)
+    score_mod = mod_graph("bias", [helper.make_node("Add", ["x", "bias"], ["out"])])
+    y = run_flex(Q, K, V, {"score_mod": score_mod}, extra_inputs=[("bias", bias)])
+    expected = flex_twin(Q, K, V, score_mod=lambda s: s + bias)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_flex_attention_calls_each_modifier_once_on_the_whole_tensor():
+    from ember.ops.attention import FlexAttention
+
+    Q, K, V = rand(2, 4, 3, 8), rand(2, 2, 5, 8), rand(2, 2, 5, 8)
+    score_mod = FakeModifier(lambda s: s * 2.0)
+    prob_mod = FakeModifier(lambda p: p)
+    FlexAttention(Q, K, V, score_mod=score_mod, prob_mod=prob_mod)
+    assert len(score_mod.seen) == 1 and len(prob_mod.seen) == 1
+    assert score_mod.seen[0].shape == (2, 4, 3, 5) and score_mod.seen[0].dtype == np.float32
+    np.testing.assert_allclose(prob_mod.seen[0].sum(axis=-1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16, np.float64])
+def test_flex_attention_dtypes_and_softmax_precision(dtype):
+    from ember.ops.attention import FlexAttention
+
+    Q, K, V = (
+        rand(1, 2, 4, 8, dtype=dtype),
+        rand(1, 1, 6, 8, dtype=dtype),
+        rand(1, 1, 6, 8, dtype=dtype),
+    )
+    y = FlexAttention(Q, K, V)
+    assert y.dtype == np.dtype(dtype)
+    tol = 1e-12 if dtype == np.float64 else 2e-2
+    np.testing.assert_allclose(y.astype(np.float64), flex_twin(Q, K, V), rtol=tol, atol=tol)
+    # The modifiers see the softmax precision: float32 for half inputs, double for double ones,
+    # or whatever softmax_precision says.
+    seen = FakeModifier(lambda s: s)
+    FlexAttention(Q, K, V, score_mod=seen)
+    assert seen.seen[0].dtype == (np.float64 if dtype == np.float64 else np.float32)
+    seen = FakeModifier(lambda s: s)
+    FlexAttention(Q, K, V, score_mod=seen, softmax_precision=int(TensorProto.DOUBLE))
+    assert seen.seen[0].dtype == np.float64
+
+
+def test_flex_attention_exact_mode_is_float64_inside():
+    from ember.ops.attention import FlexAttention
+
+    Q, K, V = rand(1, 2, 3, 16) * 4, rand(1, 2, 9, 16) * 4, rand(1, 2, 9, 16)
+    y = FlexAttention(Q, K, V, ctx=EXACT)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, flex_twin(Q, K, V).astype(np.float32), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        run_flex(Q, K, V, exact=True), flex_twin(Q, K, V), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_flex_attention_fully_masked_row_is_nan_like_onnx_softmax():
+    mask_all = mod_graph(
+        "mask_all",
+        [
+            helper.make_node("Mul", ["x", "zero"], ["z"]),
+            helper.make_node("Add", ["z", "ninf"], ["out"]),
+        ],
+        [
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor("ninf", TensorProto.FLOAT, [], [-np.inf]),
+        ],
+    )
+    y = run_flex(rand(1, 1, 2, 4), rand(1, 1, 3, 4), rand(1, 1, 3, 4), {"score_mod": mask_all})
+    assert np.isnan(y).all()
+
+
+def test_flex_attention_errors():
+    from ember.ops.attention import FlexAttention
+
+    Q, K, V = rand(1, 2, 3, 4), rand(1, 2, 5, 4), rand(1, 2, 5, 4)
+    with pytest.raises(ValueError, match=r"rank-4 \(B, H, S, D\) inputs; K is \(2, 5, 4\)"):
+        FlexAttention(Q, K[0], V)
+    with pytest.raises(ValueError, match="Q's 3 heads must be a multiple of K/V's 2 heads"):
+        FlexAttention(rand(1, 3, 3, 4), K, V)
+    with pytest.raises(ValueError, match="must share the head size"):
+        FlexAttention(Q, rand(1, 2, 5, 3), V)
+    with pytest.raises(ValueError, match="must share heads and sequence length"):
+        FlexAttention(Q, K, rand(1, 2, 4, 4))
+    with pytest.raises(ValueError, match="must share the batch size"):
+        FlexAttention(Q, rand(2, 2, 5, 4), rand(2, 2, 5, 4))
+    with pytest.raises(ValueError, match="softmax_precision must be FLOAT"):
+        FlexAttention(Q, K, V, softmax_precision=7)
+    with pytest.raises(TypeError, match="expected a float16, bfloat16, float32 or float64"):
+        FlexAttention(Q.astype(np.int32), K, V)
+    with pytest.raises(ValueError, match=r"score_mod must keep the shape \(1, 2, 3, 5\)"):
+        FlexAttention(Q, K, V, score_mod=FakeModifier(lambda s: s[..., :2]))
+    with pytest.raises(ValueError, match="prob_mod must take exactly 1 input"):
+        FlexAttention(Q, K, V, prob_mod=FakeModifier(lambda s: s, n_inputs=2))
+    with pytest.raises(
+        ExecutionError, match="score_mod declares a FLOAT input, but the scores are float64"
+    ):
+        run_flex(
+            Q, K, V, {"score_mod": causal_score_mod(), "softmax_precision": TensorProto.DOUBLE}
+        )

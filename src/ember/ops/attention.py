@@ -1,5 +1,5 @@
-"""Attention-style ops: Attention (23, 24, 25), RotaryEmbedding (23), LinearAttention (27) and
-CausalConvWithState (27).
+"""Attention-style ops: Attention (23, 24, 25), RotaryEmbedding (23), LinearAttention (27),
+CausalConvWithState (27) and ai.onnx.preview FlexAttention (1).
 
 Outside exact mode they compute in the input dtype, step by step as the spec's function bodies do
 (so float16/bfloat16 results round where the spec rounds); exact mode computes in float64 and casts
@@ -581,3 +581,92 @@ def CausalConvWithState_27(X, weight, bias=None, past_state=None, *, activation=
         yf = y.astype(np.float64 if y.dtype == np.float64 else np.float32)
         y = yf / (1.0 + np.exp(-yf))
     return y.astype(X.dtype), padded[:, :, L:]
+
+
+# softmax_precision (an ONNX TensorProto data type) -> the dtype FlexAttention's softmax runs in.
+_SOFTMAX_PRECISIONS = {
+    int(ir.DataType.FLOAT): np.dtype(np.float32),
+    int(ir.DataType.FLOAT16): np.dtype(np.float16),
+    int(ir.DataType.BFLOAT16): np.dtype(ml_dtypes.bfloat16),
+    int(ir.DataType.DOUBLE): np.dtype(np.float64),
+}
+
+
+def _call_modifier(body: Any, name: str, x: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """Run a FlexAttention modifier subgraph once on the whole (B, Hq, L, S) tensor."""
+    if body.n_inputs != 1:
+        raise ValueError(f"{name} must take exactly 1 input (the scores), it takes {body.n_inputs}")
+    declared = body.plan.graph.inputs[0].dtype
+    if declared is not None and np.dtype(declared.numpy()) != dtype:
+        raise TypeError(
+            f"{name} declares a {declared.name} input, but the scores are {dtype} "
+            f"(softmax_precision decides their element type)"
+        )
+    outs = body(x.astype(dtype))
+    if len(outs) != 1:
+        raise ValueError(f"{name} must produce exactly 1 output, it produces {len(outs)}")
+    y = np.asarray(outs[0])
+    if y.shape != x.shape:
+        raise ValueError(f"{name} must keep the shape {x.shape}, it returned shape {y.shape}")
+    return y
+
+
+@op(domain="ai.onnx.preview")
+def FlexAttention(
+    Q, K, V, *, prob_mod=None, scale=None, score_mod=None, softmax_precision=None, ctx=None
+):
+    """softmax(score_mod(Q @ K^T * scale)) -> prob_mod -> @ V over rank-4 (B, H, S, D) inputs, GQA.
+
+    Each modifier subgraph runs once on the whole (B, Hq, L, S) tensor, in the softmax precision
+    (float32 for half inputs unless softmax_precision says otherwise). As in the spec's function
+    body, Q @ K^T runs in the input dtype and Probs @ V in the softmax precision; exact mode runs
+    both in float64 and rounds only where a modifier subgraph's signature demands it.
+    """
+    for name, x in (("Q", Q), ("K", K), ("V", V)):
+        if x.ndim != 4:
+            raise ValueError(f"FlexAttention needs rank-4 (B, H, S, D) inputs; {name} is {x.shape}")
+    B, Hq, L, E = Q.shape
+    _, Hkv, S, _ = K.shape
+    Ev = V.shape[3]
+    if K.shape[0] != B or V.shape[0] != B:
+        raise ValueError(f"Q {Q.shape}, K {K.shape} and V {V.shape} must share the batch size")
+    if K.shape[3] != E:
+        raise ValueError(f"Q {Q.shape} and K {K.shape} must share the head size")
+    if V.shape[1:3] != (Hkv, S):
+        raise ValueError(f"K {K.shape} and V {V.shape} must share heads and sequence length")
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"Q's {Hq} heads must be a multiple of K/V's {Hkv} heads")
+    G = Hq // Hkv
+    if softmax_precision is None:
+        sm = np.dtype(np.float64) if Q.dtype == np.float64 else np.dtype(np.float32)
+    elif int(softmax_precision) in _SOFTMAX_PRECISIONS:
+        sm = _SOFTMAX_PRECISIONS[int(softmax_precision)]
+    else:
+        raise ValueError(
+            f"softmax_precision must be FLOAT (1), FLOAT16 (10), DOUBLE (11) or BFLOAT16 (16), "
+            f"got {softmax_precision}"
+        )
+    exact = ctx is not None and ctx.exact
+    wt = _compute_dtype(ctx, Q.dtype)  # the Q @ K^T dtype
+    pt = np.dtype(np.float64) if exact else sm  # the softmax and Probs @ V dtype
+    if scale is None:
+        scale = 1.0 / math.sqrt(E)
+    # Q and K are each scaled by sqrt(scale) (in the compute dtype) to keep Q @ K^T in range.
+    s = np.asarray(math.sqrt(scale)).astype(wt)
+    q = (Q.astype(wt) * s).reshape(B, Hkv, G, L, E)
+    k = K.astype(wt) * s  # (B, Hkv, S, E)
+    # GQA: query head h reads KV head h // G; group the query heads instead of repeating K and V.
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)[:, :, None]).astype(wt)  # (B, Hkv, G, L, S)
+    scores = scores.reshape(B, Hq, L, S).astype(pt)
+    if score_mod is not None:
+        scores = _call_modifier(score_mod, "score_mod", scores, sm).astype(pt)
+    # NOTE: ONNX Softmax, so a row that score_mod masks entirely (all -inf) is NaN, as in the
+    # function body; Attention instead zeroes such rows.
+    with np.errstate(invalid="ignore"):
+        e = np.exp(scores - np.max(scores, axis=-1, keepdims=True))
+        probs = (e / np.sum(e, axis=-1, keepdims=True)).astype(pt)
+    if prob_mod is not None:
+        probs = _call_modifier(prob_mod, "prob_mod", probs, sm).astype(pt)
+    v = V.astype(pt)[:, :, None]  # (B, Hkv, 1, S, Ev)
+    y = np.matmul(probs.reshape(B, Hkv, G, L, S), v).astype(pt)  # (B, Hkv, G, L, Ev)
+    return y.reshape(B, Hq, L, Ev).astype(V.dtype)
