@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx.parser
 import pytest
 
 from ember.cli import main
@@ -72,3 +73,16 @@ def test_failed_run_writes_no_output(model_file, tmp_path) -> None:
     out_file = tmp_path / "o.npz"
     assert main(["run", str(model_file), "--input", f"x={tmp_path / 'bad.npy'}", "-o", str(out_file)]) == 2
     assert not out_file.exists()
+
+
+def test_unsupported_op_is_reported(tmp_path, capsys) -> None:
+    text = """<ir_version: 8, opset_import: ["" : 17, "com.acme" : 1]>
+    g (float[N, 2] x) => (float[N, 2] y) { t = Relu(x)  y = com.acme.Frobnicate(t) }"""
+    path = tmp_path / "acme.onnx"
+    onnx.save(onnx.parser.parse_model(text), path)
+    assert main(["inspect", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "unsupported:" in out and "com.acme::Frobnicate (opset 1) is not implemented" in out
+    assert main(["run", str(path), "--random"]) == 2
+    err = capsys.readouterr().err
+    assert "com.acme::Frobnicate (opset 1) is not implemented" in err and err.count("\n") == 1
