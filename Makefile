@@ -11,16 +11,16 @@ NATIVE_SRC := pyproject.toml CMakeLists.txt $(wildcard src/ember/kernels/cpu/csr
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Core install: ember and what it needs to run.
+# Install: ember and its benchmark peers (onnxruntime, openvino), which the demo compares against.
 $(VENV)/.installed: $(BIN)/python $(NATIVE_SRC)
 	$(BIN)/pip install --quiet "scikit-build-core>=0.10" "nanobind>=2.4"
-	$(BIN)/pip install --quiet --no-build-isolation --editable .
+	$(BIN)/pip install --quiet --no-build-isolation --editable ".[bench]"
 	touch $@
 
 # Test install: the dev tools, the CPU build of torch and the models the tests use.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --quiet "scikit-build-core>=0.10" "nanobind>=2.4"
-	$(BIN)/pip install --quiet --no-build-isolation --editable ".[dev,zoo,torch,test]"
+	$(BIN)/pip install --quiet --no-build-isolation --editable ".[dev,zoo,torch,test,bench]"
 	touch $@
 
 install: $(VENV)/.installed

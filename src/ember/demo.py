@@ -59,24 +59,37 @@ def main() -> int:
 
 
 def bench_against_ort(name: str, x: np.ndarray) -> None:
-    """A short `ember bench` of the model against ONNX Runtime: interleaved, each in its own process."""
+    """A short `ember bench` of the model against ONNX Runtime (interleaved, separate processes)."""
     from ember.bench import bench
     from ember.bench.console import fmt_agreement, fmt_ratio
 
     batches = [1, 32]
     print(f"\nember bench {name} --batch {','.join(map(str, batches))} --peers ort --min-time 0.5")
-    report = bench(zoo.model_path(name), inputs={"input": x}, batches=batches, peers=["ort"],
-                   min_time=0.5, rounds=5, show=False)
+    report = bench(
+        zoo.model_path(name),
+        inputs={"input": x},
+        batches=batches,
+        peers=["ort"],
+        min_time=0.5,
+        rounds=5,
+        show=False,
+    )
     ran_ort = any(r["peer"] == "ort" for r in report.ratios)
     for b in batches:
         row = report.result("ember", b)
         line = f"  batch {b:>2}: ember {row['latency']['median_ms']:.3f} ms"
         if ran_ort:
             ort = report.result("ort", b)
-            ratio = [r for r in report.ratios if r["peer"] == "ort" and r["batch"] == b][0]
-            line += (f", ORT {ort['latency']['median_ms']:.3f} ms per call (median): ember/ORT speed "
-                     f"{fmt_ratio(ratio)}; ORT {fmt_agreement(ort['agreement'])} vs exact mode")
+            ratio = next(r for r in report.ratios if r["peer"] == "ort" and r["batch"] == b)
+            line += (
+                f", ORT {ort['latency']['median_ms']:.3f} ms per call (median): ember/ORT speed "
+                f"{fmt_ratio(ratio)}; ORT {fmt_agreement(ort['agreement'])} vs exact mode"
+            )
         print(line)
     if ran_ort:
         print("  (>1 would mean ember is faster: ember's ops are NumPy references for now)")
     print(f"  full report with plots: ember bench {name} --batch 1,8,32 --html report.html")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

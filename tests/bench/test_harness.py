@@ -1,10 +1,11 @@
-"""The harness end to end on a tiny model built in code: the JSON report against its schema, the HTML
-report's plots, a missing peer's skip line, int8, torch modules. Never asserts a time."""
+"""The harness end to end on a tiny model built in code: the JSON report against its schema, the
+HTML report's plots, a missing peer's skip line, int8, torch modules. Never asserts a time."""
 
 from __future__ import annotations
 
 import contextlib
 import html.parser
+import importlib.util
 import io
 import json
 import xml.etree.ElementTree as ET
@@ -12,12 +13,14 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import onnx
 import pytest
+from tests.models import mlp
 
 import ember.bench
 from ember.bench import validate
 from ember.bench.html import PLOTS
-from tests.models import mlp
 
+# The HTML report needs matplotlib (the `bench` extra); without it, only its test is skipped.
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 # Tiny budgets: the tests check what is reported, not how fast anything is.
 FAST = {"min_time": 0.03, "rounds": 2, "max_iters": 20, "warmup": 1}
 
@@ -33,10 +36,20 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err):
         mp.setitem(__import__("sys").modules, "openvino", None)  # as if not installed
         report = ember.bench(
-            path, batches=[1, 3], peers=["ort", "openvino"], json=tmp / "r.json", html=tmp / "r.html",
-            show=False, **FAST,
+            path,
+            batches=[1, 3],
+            peers=["ort", "openvino"],
+            json=tmp / "r.json",
+            html=tmp / "r.html" if HAS_MATPLOTLIB else None,
+            show=False,
+            **FAST,
         )
-    return {"report": report, "stderr": err.getvalue(), "json": tmp / "r.json", "html": tmp / "r.html"}
+    return {
+        "report": report,
+        "stderr": err.getvalue(),
+        "json": tmp / "r.json",
+        "html": tmp / "r.html",
+    }
 
 
 def test_json_report_matches_its_schema(run) -> None:
@@ -48,7 +61,7 @@ def test_json_report_matches_its_schema(run) -> None:
     assert doc["config"]["batches"] == [1, 3] and doc["config"]["threads"] >= 1
     assert doc["machine"]["cpu_flags"] == ember.kernels.cpu.cpu_info()
     assert "numpy" in doc["machine"]["versions"]
-    assert [e["name"] for e in doc["engines"]][0] == "ember"
+    assert doc["engines"][0]["name"] == "ember"
     for row in doc["results"]:
         assert row["status"] == "ok", row["error"]
         lat = row["latency"]
@@ -82,8 +95,14 @@ def test_missing_peer_is_skipped_with_one_line(run) -> None:
     lines = [line for line in run["stderr"].splitlines() if "OpenVINO" in line]
     assert lines == ["skipping OpenVINO: not installed (pip install openvino)"]
     doc = run["report"].data
-    assert doc["skipped"] == [{"peer": "openvino", "reason": "not installed", "install": "pip install openvino",
-                               "message": lines[0]}]
+    assert doc["skipped"] == [
+        {
+            "peer": "openvino",
+            "reason": "not installed",
+            "install": "pip install openvino",
+            "message": lines[0],
+        }
+    ]
     assert not any(e["peer"] == "openvino" for e in doc["engines"])
 
 
@@ -116,6 +135,8 @@ class _Figures(html.parser.HTMLParser):
 
 
 def test_html_report_is_self_contained_with_its_plots(run) -> None:
+    if not HAS_MATPLOTLIB:
+        pytest.skip("matplotlib is not installed (pip install -e '.[bench]'): no HTML report")
     page = run["html"].read_text()
     assert page.startswith("<!DOCTYPE html>")
     parsed = _Figures(page)
@@ -123,7 +144,7 @@ def test_html_report_is_self_contained_with_its_plots(run) -> None:
     assert set(PLOTS) <= set(parsed.figures)
     for fid in PLOTS:
         inner = parsed.figures[fid]
-        svg = inner[inner.index("<svg"): inner.rindex("</svg>") + len("</svg>")]
+        svg = inner[inner.index("<svg") : inner.rindex("</svg>") + len("</svg>")]
         root = ET.fromstring(svg)  # well-formed SVG, inline
         texts = " ".join(t.text or "" for t in root.iter() if t.tag.endswith("text"))
         assert "ember (fp32)" in texts, fid
@@ -168,7 +189,9 @@ def test_torch_module_is_exported_and_run_as_a_peer() -> None:
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
-    report = ember.bench(module, inputs=[x], batches=[1, 4], peers=["torch"], progress=False, **FAST)
+    report = ember.bench(
+        module, inputs=[x], batches=[1, 4], peers=["torch"], progress=False, **FAST
+    )
     doc = report.data
     assert validate(doc) == []
     torch_engine = doc["engines"][1]
@@ -191,12 +214,38 @@ def test_unpicklable_torch_module_runs_in_process() -> None:
             return torch.tanh(x) * 2
 
     x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
-    report = ember.bench(Local(), inputs=[x], batches=[3], peers=["torch"], task="embed",
-                         progress=False, **FAST)
+    report = ember.bench(
+        Local(), inputs=[x], batches=[3], peers=["torch"], task="embed", progress=False, **FAST
+    )
     engine = report.data["engines"][1]
     assert engine["isolation"] == "in-process"
     assert any("peak memory not measured" in n for n in engine["notes"])
     row = report.result("torch", 3)
-    assert row["memory"] == {"peak_rss_bytes": None, "baseline_rss_bytes": None,
-                             "peak_delta_bytes": None, "scope": "unmeasured"}
+    assert row["memory"] == {
+        "peak_rss_bytes": None,
+        "baseline_rss_bytes": None,
+        "peak_delta_bytes": None,
+        "scope": "unmeasured",
+    }
     assert row["agreement"]["cosine_min"] > 0.99999
+
+
+@pytest.mark.slow
+def test_openvino_twice_with_its_hints(tmp_path) -> None:
+    pytest.importorskip("openvino")
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp(), path)
+    report = ember.bench(path, batches=[1, 2], peers=["openvino"], progress=False, **FAST)
+    doc = report.data
+    assert validate(doc) == []
+    assert [e["name"] for e in doc["engines"]] == ["ember", "openvino-f32", "openvino"]
+    assert doc["engines"][1]["precision_ran"] == "f32"
+    assert doc["engines"][2]["precision_ran"] in ("f32", "bf16", "f16")  # read back, not assumed
+    for name in ("openvino-f32", "openvino"):
+        one, two = report.result(name, 1), report.result(name, 2)
+        assert one["settings"]["performance_hint"] == "LATENCY" and one["samples_per_call"] == 1
+        assert two["settings"]["performance_hint"] == "THROUGHPUT"
+        assert two["samples_per_call"] == 2 * two["settings"]["infer_requests_per_call"]
+        assert two["settings"]["inference_num_threads"] == doc["config"]["threads"]
+        assert one["agreement"]["top1_agreement"] == 1.0
+    assert any("OpenVINO twice" in line for line in doc["fairness"])

@@ -46,7 +46,11 @@ def test_config_normalizes() -> None:
     c = BenchConfig(batches=(32, 1, 8), peers=("OnnxRuntime", "ov", "ort"), rounds=50, max_iters=7)
     assert c.batches == (1, 8, 32) and c.peers == ("ort", "openvino")
     assert c.rounds_effective == 7  # at least one call per round
-    assert parse_batches("8, 1") == (1, 8) and parse_peers("none") == () and parse_peers("ov") == ("openvino",)
+    assert (
+        parse_batches("8, 1") == (1, 8)
+        and parse_peers("none") == ()
+        and parse_peers("ov") == ("openvino",)
+    )
 
 
 def test_latency_summary_and_ratio() -> None:
@@ -70,7 +74,9 @@ def test_agreement() -> None:
     assert a["top1_agreement"] == 0.5
     assert a["max_abs_err"] == pytest.approx(1.0)
     assert a["max_rel_err"] == pytest.approx(max(0.5 / 0.9, 1.0 / 20.0))
-    e = stats.agreement([np.array([[1.0, 0.0], [0.0, 2.0]])], [np.array([[1.0, 0.0], [1.0, 1.0]])], "embed")
+    e = stats.agreement(
+        [np.array([[1.0, 0.0], [0.0, 2.0]])], [np.array([[1.0, 0.0], [1.0, 1.0]])], "embed"
+    )
     assert e["cosine_min"] == pytest.approx(np.sqrt(0.5)) and "top1_agreement" not in e
     with pytest.raises(ValueError, match="output shape"):
         stats.agreement([np.zeros(3)], [np.zeros(4)], "embed")
@@ -85,7 +91,9 @@ def test_schema_validator_reports_problems() -> None:
     problems = validate(bad_ratio, RATIO, "$.ratios[0]")
     assert "$.ratios[0].batch: 0 < minimum 1" in problems
     assert "$.ratios[0].value: expected number, got str" in problems
-    assert validate({**bad_ratio, "batch": 1, "value": 1.0, "extra": 1}, RATIO) == ["$: unexpected field 'extra'"]
+    assert validate({**bad_ratio, "batch": 1, "value": 1.0, "extra": 1}, RATIO) == [
+        "$: unexpected field 'extra'"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -111,9 +119,16 @@ def test_rows_per_precision(precision, module, rows) -> None:
 
 
 def test_inputs() -> None:
-    specs = [TensorSpec("ids", np.dtype(np.int64), ("batch", "seq")), TensorSpec("x", np.dtype(np.float32), ("batch", 3))]
+    specs = [
+        TensorSpec("ids", np.dtype(np.int64), ("batch", "seq")),
+        TensorSpec("x", np.dtype(np.float32), ("batch", 3)),
+    ]
     feeds = make_inputs(specs, 2, {"seq": 5}, seed=0)
-    assert feeds["ids"].shape == (2, 5) and feeds["x"].shape == (2, 3) and feeds["x"].dtype == np.float32
+    assert (
+        feeds["ids"].shape == (2, 5)
+        and feeds["x"].shape == (2, 3)
+        and feeds["x"].dtype == np.float32
+    )
     with pytest.raises(ConfigError, match="fixed first dim 1"):
         make_inputs([TensorSpec("x", np.dtype(np.float32), (1, 3))], 4, {}, seed=0)
     cycled = take_batch({"x": np.arange(3)}, 7)["x"]

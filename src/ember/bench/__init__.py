@@ -77,18 +77,36 @@ def bench(
     the tables when done (default: when `progress` is on).
     """
     if peers is None:
-        peers = ["ort", "openvino"] + (["torch"] if torch_module is not None or _is_module(model) else [])
+        peers = ["ort", "openvino"] + (
+            ["torch"] if torch_module is not None or _is_module(model) else []
+        )
     config = BenchConfig(
-        batches=tuple(batches), peers=tuple(peers), threads=default_threads() if threads is None else threads,
-        precision=precision, min_time=min_time, max_iters=max_iters, rounds=rounds, warmup=warmup,
-        task=task, dims=dict(dims or {}), seed=seed, measure_memory=measure_memory,
+        batches=tuple(batches),
+        peers=tuple(peers),
+        threads=default_threads() if threads is None else threads,
+        precision=precision,
+        min_time=min_time,
+        max_iters=max_iters,
+        rounds=rounds,
+        warmup=warmup,
+        task=task,
+        dims=dict(dims or {}),
+        seed=seed,
+        measure_memory=measure_memory,
     )
     if html is not None:
         from ember.bench.html import require_matplotlib
 
         require_matplotlib()
-    report = run_bench(model, config, inputs=inputs, torch_module=torch_module, input_names=input_names,
-                       name=name, progress=Progress(enabled=progress))
+    report = run_bench(
+        model,
+        config,
+        inputs=inputs,
+        torch_module=torch_module,
+        input_names=input_names,
+        name=name,
+        progress=Progress(enabled=progress),
+    )
     if show if show is not None else progress:
         report.print()
     if json is not None:

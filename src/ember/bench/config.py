@@ -1,4 +1,4 @@
-"""What a benchmark run is asked to do: a frozen, validated BenchConfig, and parsers for CLI strings.
+"""What a benchmark run is asked to do: a frozen, validated BenchConfig, and CLI string parsers.
 
 Knows nothing about engines or timing; every bad value fails here with a ConfigError naming it.
 """
@@ -33,8 +33,8 @@ def default_threads() -> int:
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """One benchmark run. Timing: per engine and batch, `warmup` untimed calls (at least; up to
-    `min_time / 10` seconds of them), then `rounds` interleaved slices of `min_time / rounds` seconds
-    each (at least one call per slice, at most `max_iters` timed calls in all).
+    `min_time / 10` seconds of them), then `rounds` interleaved slices of `min_time / rounds`
+    seconds each (at least one call per slice, at most `max_iters` timed calls in all).
 
     >>> BenchConfig(batches=(1, 8), peers=("ort",)).threads >= 1
     True
@@ -53,13 +53,17 @@ class BenchConfig:
     rounds: int = 10  # interleaved slices per engine and batch
     warmup: int = 2  # untimed calls per engine and batch, at least (the first one is timed apart)
     task: str = "auto"  # how outputs are compared with ember's exact mode
-    dims: Mapping[str, int] = dataclasses.field(default_factory=dict)  # symbolic dims other than batch
+    dims: Mapping[str, int] = dataclasses.field(
+        default_factory=dict
+    )  # symbolic dims other than batch
     seed: int = 0
     measure_memory: bool = True
 
     def __post_init__(self) -> None:
         batches = tuple(self.batches)
-        if not batches or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in batches):
+        if not batches or any(
+            not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in batches
+        ):
             raise ConfigError(f"batch sizes must be positive integers, got {list(batches)}")
         if len(set(batches)) != len(batches):
             raise ConfigError(f"batch sizes must be distinct, got {list(batches)}")
@@ -68,7 +72,9 @@ class BenchConfig:
         if not isinstance(self.threads, int) or self.threads < 1:
             raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+            raise ConfigError(
+                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
+            )
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         if not self.min_time > 0:
@@ -86,7 +92,7 @@ class BenchConfig:
 
     @property
     def rounds_effective(self) -> int:
-        """Every engine runs at least one call per round, so there are never more rounds than calls."""
+        """Every engine runs at least one call per round: never more rounds than calls."""
         return min(self.rounds, self.max_iters)
 
 
@@ -116,7 +122,9 @@ def parse_batches(text: str) -> tuple[int, ...]:
     """
     items = [t.strip() for t in text.split(",")]
     if not items or any(not t.isdigit() or int(t) < 1 for t in items):
-        raise ConfigError(f"--batch {text!r}: expected comma-separated positive integers, e.g. 1,8,32")
+        raise ConfigError(
+            f"--batch {text!r}: expected comma-separated positive integers, e.g. 1,8,32"
+        )
     if len(set(map(int, items))) != len(items):
         raise ConfigError(f"--batch {text!r}: a batch size is repeated")
     return tuple(sorted(int(t) for t in items))

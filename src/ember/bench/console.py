@@ -6,7 +6,6 @@ progress is a live bar; elsewhere (CI logs, pipes) only the notes are printed, o
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 
@@ -37,8 +36,12 @@ class Progress:
         from rich.progress import Progress as Bar
 
         self._bar = Bar(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=self._console(), transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self._console(),
+            transient=True,
         )
         self._bar.start()
         self._task = self._bar.add_task(description, total=total)
@@ -91,13 +94,19 @@ def fmt_bytes(n: float | None) -> str:
 
 
 def fmt_agreement(a: dict[str, Any] | None, short: bool = False) -> str:
-    """ "top-1 100%" for a classifier, "cos 0.999999" (the minimum over samples) for an embedding."""
+    """ "top-1 100%" for a classifier; for an embedding "1-cos 2.4e-08", one minus the smallest
+    cosine similarity over samples (0.99999998 would hide the digits that matter).
+
+    >>> fmt_agreement({"cosine_min": 0.9999999}), fmt_agreement({"top1_agreement": 1.0}, short=True)
+    ('1-cos 1.0e-07', '100%')
+    """
     if a is None:
         return "-"
     if "top1_agreement" in a:
         text = f"{a['top1_agreement']:.1%}".replace("100.0%", "100%")
         return text if short else f"top-1 {text}"
-    return f"{a['cosine_min']:.6f}" if short else f"cos {a['cosine_min']:.6f}"
+    gap = f"{max(0.0, 1.0 - a['cosine_min']):.1e}"
+    return gap if short else f"1-cos {gap}"
 
 
 def print_report(doc: dict[str, Any], console: Any = None) -> None:
@@ -112,8 +121,9 @@ def print_report(doc: dict[str, Any], console: Any = None) -> None:
     cfg = doc["config"]
     engines = {e["name"]: e for e in doc["engines"]}
     console.print(
-        f"[bold]{escape(doc['model']['name'])}[/bold]: {cfg['threads']} threads, precision {cfg['precision']}, "
-        f"batches {', '.join(map(str, cfg['batches']))}, {cfg['min_time_s']:g} s per engine and batch, "
+        f"[bold]{escape(doc['model']['name'])}[/bold]: {cfg['threads']} threads, "
+        f"precision {cfg['precision']}, batches {', '.join(map(str, cfg['batches']))}, "
+        f"{cfg['min_time_s']:g} s per engine and batch, "
         f"{escape(doc['machine'].get('cpu_model') or 'unknown CPU')}"
     )
 
@@ -124,16 +134,39 @@ def print_report(doc: dict[str, Any], console: Any = None) -> None:
         return t
 
     if doc["ratios"]:
-        t = table("ember speed / peer speed (>1: ember faster; 95% interval)", "peer",
-                  *(f"batch {b}" for b in cfg["batches"]))
+        t = table(
+            "ember speed / peer speed (>1: ember faster; 95% interval)",
+            "peer",
+            *(f"batch {b}" for b in cfg["batches"]),
+        )
         for name in dict.fromkeys(r["peer"] for r in doc["ratios"]):
             cells = {r["batch"]: fmt_ratio(r) for r in doc["ratios"] if r["peer"] == name}
-            t.add_row(escape(_engine_label(engines[name])), *(cells.get(b, "-") for b in cfg["batches"]))
+            t.add_row(
+                escape(_engine_label(engines[name])), *(cells.get(b, "-") for b in cfg["batches"])
+            )
         console.print(t)
-    speed = table("latency per call (ms) and throughput", "engine", "batch", "median", "p90", "p99",
-                  "samples/s", "overall", "calls")
-    cost = table("cost, and agreement with ember's exact mode", "engine", "batch", "load ms", "1st ms",
-                 "peak MiB", "abs err", "rel err", "top-1" if doc["model"]["task"] == "classify" else "cos min")
+    speed = table(
+        "latency per call (ms) and throughput",
+        "engine",
+        "batch",
+        "median",
+        "p90",
+        "p99",
+        "samples/s",
+        "overall",
+        "calls",
+    )
+    cost = table(
+        "cost, and agreement with ember's exact mode",
+        "engine",
+        "batch",
+        "load ms",
+        "1st ms",
+        "peak MiB",
+        "abs err",
+        "rel err",
+        "top-1" if doc["model"]["task"] == "classify" else "1-cos",
+    )
     for r in doc["results"]:
         name = escape(r["engine"])
         if r["status"] != "ok":
@@ -141,17 +174,32 @@ def print_report(doc: dict[str, Any], console: Any = None) -> None:
             cost.add_row(name, str(r["batch"]), "[red]error[/red]: " + escape(str(r["error"]))[:60])
             continue
         lat, mem, agr = r["latency"], r["memory"] or {}, r["agreement"]
-        speed.add_row(name, str(r["batch"]), _ms(lat["median_ms"]), _ms(lat["p90_ms"]), _ms(lat["p99_ms"]),
-                      f"{lat['throughput_median_sps']:,.0f}", f"{lat['throughput_sps']:,.0f}", str(lat["n"]))
-        cost.add_row(name, str(r["batch"]), _ms(r["load_s"] * 1e3), _ms(r["first_call_s"] * 1e3),
-                     _mib(mem.get("peak_delta_bytes")),
-                     "-" if agr is None else f"{agr['max_abs_err']:.1e}",
-                     "-" if agr is None else f"{agr['max_rel_err']:.1e}", fmt_agreement(agr, short=True))
+        speed.add_row(
+            name,
+            str(r["batch"]),
+            _ms(lat["median_ms"]),
+            _ms(lat["p90_ms"]),
+            _ms(lat["p99_ms"]),
+            f"{lat['throughput_median_sps']:,.0f}",
+            f"{lat['throughput_sps']:,.0f}",
+            str(lat["n"]),
+        )
+        cost.add_row(
+            name,
+            str(r["batch"]),
+            _ms(r["load_s"] * 1e3),
+            _ms(r["first_call_s"] * 1e3),
+            _mib(mem.get("peak_delta_bytes")),
+            "-" if agr is None else f"{agr['max_abs_err']:.1e}",
+            "-" if agr is None else f"{agr['max_rel_err']:.1e}",
+            fmt_agreement(agr, short=True),
+        )
     console.print(speed)
     console.print(cost)
     console.print(
-        "samples/s: batch / median latency; overall: samples / total time, which a busy machine drags "
-        "down. peak MiB: the engine process's peak RSS in the batch minus its RSS before loading. "
+        "samples/s: batch / median latency; overall: samples / total time, which a busy machine "
+        "drags down. peak MiB: the engine process's peak RSS in the batch minus its RSS before "
+        "loading. "
         "abs/rel err: max over outputs, rel = abs / max |exact|."
     )
     for e in doc["engines"]:

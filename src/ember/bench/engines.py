@@ -1,19 +1,18 @@
 """The engines a benchmark compares: which rows a run has (EngineSpec), and one adapter per engine.
 
 An adapter loads a model, binds a batch of inputs and runs it, configured the way the fairness rules
-in the report say (threads, graph optimizations, performance hints, precision). Adapters run inside a
-benchmark worker process (ember.bench.worker); they know nothing about timing or reports.
+in the report say (threads, graph optimizations, performance hints, precision). Adapters run inside
+a benchmark worker process (ember.bench.worker); they know nothing about timing or reports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 from typing import Any
 
 import numpy as np
-
-from ember.bench.machine import library_version
 
 # How to get each peer's library when it is missing: the one line a skipped peer prints.
 INSTALL = {
@@ -28,12 +27,16 @@ _TITLE = {"ember": "ember", "ort": "ONNX Runtime", "openvino": "OpenVINO", "torc
 
 @dataclasses.dataclass(frozen=True)
 class EngineSpec:
-    """One row of a report: an engine, the precision it is asked for and which model file it runs."""
+    """One row of a report: an engine, the precision asked of it and which model file it runs."""
 
     name: str  # row id: ember, ort, openvino-f32, openvino, torch
     peer: str  # ember, ort, openvino or torch
-    precision: str  # what it is asked to run: fp32, bf16, int8, or "default" (OpenVINO's own choice)
-    quantized: bool = False  # runs the int8 QDQ model made by ORT's quantizer instead of the fp32 one
+    precision: (
+        str  # what it is asked to run: fp32, bf16, int8, or "default" (OpenVINO's own choice)
+    )
+    quantized: bool = (
+        False  # runs the int8 QDQ model made by ORT's quantizer instead of the fp32 one
+    )
     notes: tuple[str, ...] = ()
 
     @property
@@ -48,7 +51,8 @@ class EngineSpec:
     def label(self) -> str:
         """ "OpenVINO (f32 hint)", "ONNX Runtime (fp32)": short enough for a table column."""
         if self.peer == "openvino":
-            return f"OpenVINO ({'default' if self.precision == 'default' else self.precision + ' hint'})"
+            hint = "default" if self.precision == "default" else f"{self.precision} hint"
+            return f"OpenVINO ({hint})"
         return f"{self.title} ({self.precision})"
 
 
@@ -66,6 +70,21 @@ def peer_available(peer: str) -> bool:
         return False
 
 
+# What a row ran when it is not plainly what was asked, in the words the report prints.
+_NOTE_ORT_INT8 = (
+    "QDQ model from onnxruntime.quantization.quantize_static (calibrated on the benchmark inputs, "
+    "per-channel int8 weights, uint8 activations)"
+)
+_NOTE_ORT_BF16 = "ONNX Runtime's CPU provider has no bf16 mode for an fp32 model: it ran fp32"
+_NOTE_OV_DEFAULT = "no precision hint: OpenVINO's default (bf16 on CPUs that have it)"
+_NOTE_OV_INT8 = "the same int8 QDQ model as ONNX Runtime; OpenVINO's default precision elsewhere"
+_NOTE_TORCH = {
+    "fp32": "eager, torch.inference_mode",
+    "bf16": "eager, torch.autocast bf16",
+    "int8": "torch.ao.quantization.quantize_dynamic: int8 weights for nn.Linear only",
+}
+
+
 def engine_specs(peers: list[str], precision: str, has_module: bool) -> list[EngineSpec]:
     """The rows of a run: ember first, then each peer in the order asked (OpenVINO twice).
 
@@ -75,42 +94,30 @@ def engine_specs(peers: list[str], precision: str, has_module: bool) -> list[Eng
     >>> [s.name for s in engine_specs(["ort", "openvino"], "fp32", has_module=False)]
     ['ember', 'ort', 'openvino-f32', 'openvino']
     """
-    specs = []
     note = () if precision == "fp32" else (f"ember has no {precision} path yet: it ran fp32",)
-    specs.append(EngineSpec("ember", "ember", "fp32", notes=note))
+    specs = [EngineSpec("ember", "ember", "fp32", notes=note)]
     for peer in peers:
-        if peer == "ort":
-            if precision == "int8":
-                specs.append(EngineSpec("ort", "ort", "int8", quantized=True, notes=(
-                    "QDQ model from onnxruntime.quantization.quantize_static (calibrated on the "
-                    "benchmark inputs, per-channel int8 weights, uint8 activations)",)))
-            else:
-                notes = () if precision == "fp32" else (
-                    "ONNX Runtime's CPU provider has no bf16 mode for an fp32 model: it ran fp32",)
-                specs.append(EngineSpec("ort", "ort", "fp32", notes=notes))
+        if peer == "ort" and precision == "int8":
+            specs.append(EngineSpec("ort", "ort", "int8", quantized=True, notes=(_NOTE_ORT_INT8,)))
+        elif peer == "ort":
+            notes = (_NOTE_ORT_BF16,) if precision == "bf16" else ()
+            specs.append(EngineSpec("ort", "ort", "fp32", notes=notes))
         elif peer == "openvino":
             specs.append(EngineSpec("openvino-f32", "openvino", "f32"))
             if precision == "fp32":
-                specs.append(EngineSpec("openvino", "openvino", "default", notes=(
-                    "no precision hint: OpenVINO's default (bf16 on CPUs that have it)",)))
+                specs.append(
+                    EngineSpec("openvino", "openvino", "default", notes=(_NOTE_OV_DEFAULT,))
+                )
             elif precision == "bf16":
                 specs.append(EngineSpec("openvino-bf16", "openvino", "bf16"))
             else:
-                specs.append(EngineSpec("openvino-int8", "openvino", "default", quantized=True, notes=(
-                    "the same int8 QDQ model as ONNX Runtime, OpenVINO's default precision elsewhere",)))
-        elif peer == "torch":
-            if precision == "int8":
-                specs.append(EngineSpec("torch-int8", "torch", "int8", notes=(
-                    "torch.ao.quantization.quantize_dynamic: int8 weights for nn.Linear only",)))
-            elif precision == "bf16":
-                specs.append(EngineSpec("torch-bf16", "torch", "bf16", notes=("torch.autocast bf16",)))
-            else:
-                specs.append(EngineSpec("torch", "torch", "fp32", notes=("eager, torch.inference_mode",)))
+                specs.append(
+                    EngineSpec("openvino-int8", "openvino", "default", True, (_NOTE_OV_INT8,))
+                )
+        elif peer == "torch" and has_module:
+            name = "torch" if precision == "fp32" else f"torch-{precision}"
+            specs.append(EngineSpec(name, "torch", precision, notes=(_NOTE_TORCH[precision],)))
     return specs
-
-
-def versions(specs: list[EngineSpec]) -> dict[str, str | None]:
-    return {s.name: library_version(s.library) for s in specs}
 
 
 class Engine:
@@ -135,7 +142,7 @@ class Engine:
         raise NotImplementedError
 
     def outputs(self, result: Any) -> list[np.ndarray]:
-        """A run's outputs as NumPy arrays, in the model's output order (for the agreement check)."""
+        """A run's outputs as NumPy arrays in the model's output order (for the agreement check)."""
         raise NotImplementedError
 
     def release(self) -> None:
@@ -183,8 +190,11 @@ class OrtEngine(Engine):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self.settings.update(
-            provider="CPUExecutionProvider", graph_optimization_level="ORT_ENABLE_ALL",
-            intra_op_num_threads=self.threads, inter_op_num_threads=1, execution_mode="sequential",
+            provider="CPUExecutionProvider",
+            graph_optimization_level="ORT_ENABLE_ALL",
+            intra_op_num_threads=self.threads,
+            inter_op_num_threads=1,
+            execution_mode="sequential",
         )
 
     def bind(self, feeds: dict[str, np.ndarray]) -> None:
@@ -200,8 +210,8 @@ class OrtEngine(Engine):
 class OpenVinoEngine(Engine):
     """Compiled per batch: a static shape per batch is OpenVINO's fast path, and the performance
     hint differs (LATENCY at batch 1, THROUGHPUT above). Under THROUGHPUT one timed call runs the
-    compiled model's optimal number of requests in parallel, each on the whole batch, because that is
-    how the hint is meant to be used; `requests_per_call` counts them."""
+    compiled model's optimal number of requests in parallel, each on the whole batch, because that
+    is how the hint is meant to be used; `requests_per_call` counts them."""
 
     load_per_batch = True
 
@@ -216,7 +226,9 @@ class OpenVinoEngine(Engine):
         ov = self.ov
         batch = next(iter(feeds.values())).shape[0] if feeds else 1
         model = self.core.read_model(self.path)
-        model.reshape({i.any_name: ov.PartialShape(list(feeds[i.any_name].shape)) for i in model.inputs})
+        model.reshape(
+            {i.any_name: ov.PartialShape(list(feeds[i.any_name].shape)) for i in model.inputs}
+        )
         hint = "LATENCY" if batch == 1 else "THROUGHPUT"
         config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": self.threads}
         if self.spec.precision in ("f32", "bf16"):
@@ -261,7 +273,11 @@ class OpenVinoEngine(Engine):
 
 def _ov_precision(value: Any) -> str:
     text = str(value).lower()
-    for short, names in (("bf16", ("bf16", "bfloat16")), ("f16", ("f16", "float16")), ("f32", ("f32", "float32"))):
+    for short, names in (
+        ("bf16", ("bf16", "bfloat16")),
+        ("f16", ("f16", "float16")),
+        ("f32", ("f32", "float32")),
+    ):
         if any(n in text for n in names):
             return short
     return text
@@ -274,10 +290,9 @@ class TorchEngine(Engine):
 
         self.torch = torch
         torch.set_num_threads(threads)
-        try:
+        # Raises when already set in this process (the in-process fallback): leave it then.
+        with contextlib.suppress(RuntimeError):
             torch.set_num_interop_threads(1)
-        except RuntimeError:  # already set in this process (the in-process fallback): leave it
-            pass
         self.module = module
         self.settings.update(num_threads=torch.get_num_threads(), mode="eager, inference_mode")
 

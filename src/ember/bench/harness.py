@@ -31,8 +31,8 @@ import numpy as np
 from ember.bench import stats
 from ember.bench.config import BenchConfig
 from ember.bench.console import Progress
-from ember.bench.engines import INSTALL, EngineSpec, engine_specs, peer_available, versions
-from ember.bench.machine import describe_machine, load_average
+from ember.bench.engines import INSTALL, EngineSpec, engine_specs, peer_available
+from ember.bench.machine import describe_machine, library_version, load_average
 from ember.bench.report import BenchReport, fairness_notes
 from ember.bench.worker import WorkerState, recv, send
 from ember.errors import ConfigError, ModelError
@@ -41,11 +41,13 @@ SCHEMA_ID = "ember.bench/1"
 
 # The worker's entry: sys.path of this process first, so it imports the same ember (and the module
 # classes of a torch peer) however this process found them.
-_BOOT = "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); from ember.bench.worker import main; sys.exit(main())"
+_BOOT = (
+    "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+    "from ember.bench.worker import main; sys.exit(main())"
+)
 
 
-# -- runners: one engine, in a worker process or (fallback) in this process ---------------------------
-
+# -- runners: one engine, in a worker process or (fallback) in this process ----------------------
 
 
 class ProcessRunner:
@@ -58,7 +60,8 @@ class ProcessRunner:
         return self.proc.pid
 
     def __init__(self) -> None:
-        self.log: IO[bytes] = tempfile.TemporaryFile()  # the worker's stderr: library chatter
+        # The worker's stderr (library chatter), kept for the error message if the worker dies.
+        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _BOOT, json.dumps([p for p in sys.path if p])],
             stdin=subprocess.PIPE,
@@ -73,7 +76,10 @@ class ProcessRunner:
             return recv(self.proc.stdout)
         except (EOFError, BrokenPipeError, OSError):
             code = self.proc.wait()
-            return {"ok": False, "error": f"the worker process died (exit code {code}): {self.tail()}"}
+            return {
+                "ok": False,
+                "error": f"the worker process died (exit code {code}): {self.tail()}",
+            }
 
     def tail(self, lines: int = 3) -> str:
         self.log.seek(0)
@@ -126,13 +132,15 @@ def _cpu_ns(pids: Sequence[int]) -> int | None:
     return total or None
 
 
-def quiesce(pids: Sequence[int], *, window: float = 0.005, busy: float = 0.05, timeout: float = 1.0) -> float:
+def quiesce(
+    pids: Sequence[int], *, window: float = 0.005, busy: float = 0.05, timeout: float = 1.0
+) -> float:
     """Wait until `pids` use less than `busy` of one CPU over `window` seconds; returns the wait.
 
     NOTE: thread pools keep spinning after a call returns (OpenBLAS for ~2**28 cycles, OpenMP,
-    ONNX Runtime, TBB). Interleaving engines on a small machine would hand the next engine's slice to
-    a CPU still busy with the previous engine's spinning threads, so every slice starts only once
-    all engine processes (and this one) are idle. Where /proc is missing, a fixed 0.1 s pause.
+    ONNX Runtime, TBB). Interleaving engines on a small machine would hand the next engine's slice
+    to a CPU still busy with the previous engine's spinning threads, so every slice starts only
+    once all engine processes (and this one) are idle. Where /proc is missing: a fixed 0.1 s pause.
     """
     start = time.perf_counter()
     prev = _cpu_ns(pids)
@@ -151,7 +159,9 @@ def quiesce(pids: Sequence[int], *, window: float = 0.005, busy: float = 0.05, t
 # -- inputs ----------------------------------------------------------------------------------------
 
 
-def make_inputs(specs: Sequence[Any], batch: int, dims: Mapping[str, int], seed: int) -> dict[str, np.ndarray]:
+def make_inputs(
+    specs: Sequence[Any], batch: int, dims: Mapping[str, int], seed: int
+) -> dict[str, np.ndarray]:
     """Random inputs of a model's signature: axis 0 is the batch, other symbolic dims from `dims`.
 
     >>> import ember
@@ -190,7 +200,9 @@ def make_inputs(specs: Sequence[Any], batch: int, dims: Mapping[str, int], seed:
         elif spec.dtype.kind == "b":
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
         else:
-            raise ConfigError(f"cannot make random {spec.dtype} data for input {spec.name!r}: pass inputs")
+            raise ConfigError(
+                f"cannot make random {spec.dtype} data for input {spec.name!r}: pass inputs"
+            )
     return feeds
 
 
@@ -248,10 +260,14 @@ def export_torch(
             batch = torch.export.Dim("batch")
             try:
                 torch.onnx.export(
-                    module, tuple(tensors), str(path), input_names=list(input_names),
+                    module,
+                    tuple(tensors),
+                    str(path),
+                    input_names=list(input_names),
                     output_names=list(output_names) if output_names else None,
                     dynamic_shapes=tuple({0: batch} if t.dim() else {} for t in tensors),
-                    external_data=False, verbose=False,
+                    external_data=False,
+                    verbose=False,
                 )
                 return path
             except Exception as e:  # noqa: BLE001 (any exporter failure: try the other exporter)
@@ -259,7 +275,11 @@ def export_torch(
             outs = list(output_names) if output_names else ["output"]
             try:
                 torch.onnx.export(
-                    module, tuple(tensors), str(path), dynamo=False, input_names=list(input_names),
+                    module,
+                    tuple(tensors),
+                    str(path),
+                    dynamo=False,
+                    input_names=list(input_names),
                     output_names=outs,
                     dynamic_axes={n: {0: "batch"} for n in [*input_names, *outs]},
                 )
@@ -272,14 +292,19 @@ def export_torch(
 
 
 def quantize_int8(path: Path, out: Path, calibration: list[dict[str, np.ndarray]]) -> Path:
-    """An int8 QDQ copy of the model by ONNX Runtime's static quantizer, calibrated on `calibration`.
+    """An int8 QDQ copy of the model by ONNX Runtime's static quantizer, calibrated on the inputs.
 
-    Before quantizing, ORT's basic graph optimizations run (constant folding, Conv+BatchNorm folding),
-    which is the part of its `quant_pre_process` that matters here; that function itself imports
-    torch, which costs seconds and is not needed.
+    Before quantizing, ORT's basic graph optimizations run (constant folding, Conv+BatchNorm
+    folding), which is the part of its `quant_pre_process` that matters here; that function itself
+    imports torch, which costs seconds and is not needed.
     """
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -298,8 +323,13 @@ def quantize_int8(path: Path, out: Path, calibration: list[dict[str, np.ndarray]
     logging.disable(logging.WARNING)  # "please consider pre-processing": done above, by hand
     try:
         quantize_static(
-            str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            str(pre),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
         )
     finally:
         logging.disable(logging.NOTSET)
@@ -335,7 +365,9 @@ def run_bench(
 
 
 class _Source:
-    def __init__(self, path: Path, name: str, inputs: dict[str, np.ndarray] | None, module: Any = None) -> None:
+    def __init__(
+        self, path: Path, name: str, inputs: dict[str, np.ndarray] | None, module: Any = None
+    ) -> None:
         self.path, self.name, self.inputs, self.module = path, name, inputs, module
 
 
@@ -349,20 +381,26 @@ def _resolve_model(
 ) -> _Source:
     if is_torch_module(model):
         if inputs is None:
-            raise ConfigError("benchmarking a torch module needs inputs=: example inputs, batch first")
+            raise ConfigError(
+                "benchmarking a torch module needs inputs=: example inputs, batch first"
+            )
         if isinstance(inputs, Mapping):
             names = list(inputs)
             arrays = [np.asarray(v) for v in inputs.values()]
         else:
             arrays = [np.asarray(v.detach().numpy() if hasattr(v, "detach") else v) for v in inputs]
-            names = list(input_names) if input_names else (
-                ["input"] if len(arrays) == 1 else [f"input_{i}" for i in range(len(arrays))]
+            names = (
+                list(input_names)
+                if input_names
+                else (["input"] if len(arrays) == 1 else [f"input_{i}" for i in range(len(arrays))])
             )
         if len(names) != len(arrays):
             raise ConfigError(f"{len(arrays)} inputs but {len(names)} input names")
         progress.note(f"exporting {type(model).__name__} to ONNX (torch.onnx.export)")
         path = export_torch(model, arrays, tmp / "model.onnx", input_names=names)
-        return _Source(path, type(model).__name__, dict(zip(names, arrays, strict=True)), module=model)
+        return _Source(
+            path, type(model).__name__, dict(zip(names, arrays, strict=True)), module=model
+        )
     feeds = None
     if inputs is not None:
         if not isinstance(inputs, Mapping):
@@ -388,99 +426,54 @@ def _resolve_model(
 
 
 def _run(
-    source: _Source, config: BenchConfig, torch_module: Any, tmp: Path, name: str | None, progress: Progress
+    source: _Source,
+    config: BenchConfig,
+    torch_module: Any,
+    tmp: Path,
+    name: str | None,
+    progress: Progress,
 ) -> BenchReport:
     import ember
 
     machine = describe_machine()
     reference = ember.load(source.path, exact=True)  # the oracle; also fails early on a bad model
-    specs_in = [s for s in reference.inputs if not _is_optional(reference, s.name)]
-    if source.inputs is not None:
-        given, wanted = set(source.inputs), {s.name for s in specs_in}
-        if given != wanted:
-            raise ConfigError(
-                f"inputs give {sorted(given)}, the model takes {sorted(wanted)}"
-            )
-        order = [s.name for s in specs_in]
-        inputs = {k: source.inputs[k] for k in order}
-        feeds = {b: take_batch(inputs, b) for b in config.batches}
-    else:
-        feeds = {b: make_inputs(specs_in, b, config.dims, config.seed) for b in config.batches}
-
-    skipped = []
-    specs: list[EngineSpec] = []
-    for spec in engine_specs(list(config.peers), config.precision, torch_module is not None):
-        if spec.peer != "ember" and not peer_available(spec.peer):
-            if not any(s["peer"] == spec.peer for s in skipped):
-                line = f"skipping {spec.title}: not installed ({INSTALL[spec.peer]})"
-                progress.note(line)
-                skipped.append({"peer": spec.peer, "reason": "not installed", "install": INSTALL[spec.peer], "message": line})
-            continue
-        specs.append(spec)
-
+    specs_in = [s for s in reference.inputs if s.name not in reference.ir.graph.initializers]
+    feeds = _batches(source, specs_in, config)
+    specs, skipped = _available(config, torch_module is not None, progress)
+    engines = {s.name: _engine_entry(s) for s in specs}
     paths = {False: source.path}
-    errors: dict[str, str] = {}
     if any(s.quantized for s in specs):
         try:
             progress.note("quantizing to int8 (onnxruntime.quantization.quantize_static, QDQ)")
-            paths[True] = quantize_int8(source.path, tmp / "model.int8.onnx", [feeds[b] for b in config.batches])
-        except ImportError:
-            for s in specs:
-                if s.quantized:
-                    errors[s.name] = f"int8 needs onnxruntime's quantizer ({INSTALL['ort']})"
+            calibration = [feeds[b] for b in config.batches]
+            paths[True] = quantize_int8(source.path, tmp / "model.int8.onnx", calibration)
         except Exception as e:  # noqa: BLE001 (the quantizer's failure is those rows' error)
+            why = (
+                f"int8 needs onnxruntime's quantizer ({INSTALL['ort']})"
+                if isinstance(e, ImportError)
+                else f"int8 quantization failed: {type(e).__name__}: {e}"
+            )
             for s in specs:
                 if s.quantized:
-                    errors[s.name] = f"int8 quantization failed: {type(e).__name__}: {e}"
+                    engines[s.name].update(status="error", error=why)
 
-    module_bytes: bytes | None = None
-    if torch_module is not None:
-        try:
-            module_bytes = pickle.dumps(torch_module)
-        except Exception:  # noqa: BLE001 (not picklable: it runs in this process instead)
-            module_bytes = None
-
-    versions_ = versions(specs)
-    engines: dict[str, dict[str, Any]] = {}
-    runners: dict[str, Any] = {}
     rounds = config.rounds_effective
-    n_units = len(config.batches) * len(specs) * (rounds + 1) + len(specs)
-    progress.start(n_units, f"{source.name}: starting {len(specs)} engines")
+    progress.start(
+        len(specs) * (1 + len(config.batches) * (rounds + 1)), f"{source.name}: starting"
+    )
+    runners: dict[str, Any] = {}
     results: list[dict[str, Any]] = []
+    task = config.task
     try:
-        for spec in specs:
-            engines[spec.name] = {
-                "name": spec.name, "label": spec.label, "peer": spec.peer, "library": spec.library,
-                "version": versions_.get(spec.name), "precision": spec.precision,
-                "precision_ran": None, "quantized": spec.quantized, "notes": list(spec.notes),
-                "isolation": None, "status": "ok", "error": errors.get(spec.name), "settings": {},
-            }
-            if spec.name in errors:
-                engines[spec.name]["status"] = "error"
-                progress.advance()
-                continue
-            progress.update(f"{source.name}: loading {spec.label}")
-            runner, reply = _start(spec, config, paths[spec.quantized], torch_module, module_bytes)
-            engines[spec.name]["isolation"] = runner.isolation
-            if runner.isolation == "in-process":
-                engines[spec.name]["notes"].append(
-                    "ran in the benchmark's process (the module could not be pickled into a worker): "
-                    "peak memory not measured"
-                )
-            if not reply["ok"]:
-                runner.close()
-                engines[spec.name].update(status="error", error=reply["error"])
-                progress.note(f"{spec.label}: failed to load: {reply['error']}")
-            else:
-                runners[spec.name] = (runner, reply)
-            progress.advance()
-
-        task = config.task
+        _start_all(specs, engines, runners, paths, torch_module, config, progress, source.name)
         for batch in config.batches:
             ref_out = [np.asarray(v) for v in reference.run(feeds[batch]).values()]
             if task == "auto":
                 task = stats.detect_task(ref_out)
-            results.extend(_bench_batch(batch, feeds[batch], specs, runners, engines, ref_out, task, config, progress, source.name))
+            results += _bench_batch(
+                batch, feeds[batch], specs, runners, engines, ref_out, task, config, progress,
+                source.name,
+            )  # fmt: skip
     finally:
         for runner, _ in runners.values():
             runner.close()
@@ -493,8 +486,7 @@ def _run(
     for eng in engines.values():
         if eng["status"] == "ok":
             eng["precision_ran"] = _precision_ran(eng)
-
-    doc = {
+    doc: dict[str, Any] = {
         "schema": SCHEMA_ID,
         "model": {
             "name": name or source.name,
@@ -505,20 +497,115 @@ def _run(
             "input_data": "given" if source.inputs is not None else f"random (seed {config.seed})",
         },
         "config": {
-            "batches": list(config.batches), "peers": list(config.peers), "threads": config.threads,
-            "precision": config.precision, "min_time_s": config.min_time, "max_iters": config.max_iters,
-            "rounds": rounds, "warmup": config.warmup, "task": config.task, "dims": dict(config.dims),
+            "batches": list(config.batches),
+            "peers": list(config.peers),
+            "threads": config.threads,
+            "precision": config.precision,
+            "min_time_s": config.min_time,
+            "max_iters": config.max_iters,
+            "rounds": rounds,
+            "warmup": config.warmup,
+            "task": config.task,
+            "dims": dict(config.dims),
             "seed": config.seed,
         },
-        "machine": machine,
+        "machine": {**machine, "load_average_end": load_average()},
         "engines": list(engines.values()),
         "skipped": skipped,
         "results": results,
     }
-    doc["machine"]["load_average_end"] = load_average()
     doc["ratios"] = _ratios(doc)
     doc["fairness"] = fairness_notes(doc)
     return BenchReport(doc)
+
+
+def _batches(
+    source: _Source, specs_in: list[Any], config: BenchConfig
+) -> dict[int, dict[str, np.ndarray]]:
+    """The inputs of every batch size: the given samples (cycled), or random data."""
+    if source.inputs is None:
+        return {b: make_inputs(specs_in, b, config.dims, config.seed) for b in config.batches}
+    given, wanted = set(source.inputs), {s.name for s in specs_in}
+    if given != wanted:
+        raise ConfigError(f"inputs give {sorted(given)}, the model takes {sorted(wanted)}")
+    ordered = {s.name: source.inputs[s.name] for s in specs_in}  # torch takes them positionally
+    return {b: take_batch(ordered, b) for b in config.batches}
+
+
+def _available(
+    config: BenchConfig, has_module: bool, progress: Progress
+) -> tuple[list[EngineSpec], list[dict[str, str]]]:
+    """The rows to run, and the peers skipped because their library is missing (one line each)."""
+    specs: list[EngineSpec] = []
+    skipped: list[dict[str, str]] = []
+    for spec in engine_specs(list(config.peers), config.precision, has_module):
+        if spec.peer == "ember" or peer_available(spec.peer):
+            specs.append(spec)
+        elif not any(s["peer"] == spec.peer for s in skipped):
+            line = f"skipping {spec.title}: not installed ({INSTALL[spec.peer]})"
+            progress.note(line)
+            skipped.append(
+                {"peer": spec.peer, "reason": "not installed", "install": INSTALL[spec.peer],
+                 "message": line}
+            )  # fmt: skip
+    return specs, skipped
+
+
+def _engine_entry(spec: EngineSpec) -> dict[str, Any]:
+    """An engines[] entry of the report (ember.bench.schema.ENGINE); filled in as the run goes."""
+    return {
+        "name": spec.name,
+        "label": spec.label,
+        "peer": spec.peer,
+        "library": spec.library,
+        "version": library_version(spec.library),
+        "precision": spec.precision,
+        "precision_ran": None,
+        "quantized": spec.quantized,
+        "notes": list(spec.notes),
+        "isolation": None,
+        "status": "ok",
+        "error": None,
+        "settings": {},
+    }
+
+
+def _start_all(
+    specs: list[EngineSpec],
+    engines: dict[str, dict[str, Any]],
+    runners: dict[str, Any],
+    paths: dict[bool, Path],
+    torch_module: Any,
+    config: BenchConfig,
+    progress: Progress,
+    model_name: str,
+) -> None:
+    """Start and load every engine, one after the other (so that load times do not overlap)."""
+    module_bytes: bytes | None = None
+    if torch_module is not None:
+        try:
+            module_bytes = pickle.dumps(torch_module)
+        except Exception:  # noqa: BLE001 (not picklable: it runs in this process instead)
+            module_bytes = None
+    for spec in specs:
+        entry = engines[spec.name]
+        progress.advance()
+        if entry["status"] != "ok":
+            continue
+        progress.update(f"{model_name}: loading {spec.label}")
+        runner, reply = _start(spec, config, paths[spec.quantized], torch_module, module_bytes)
+        entry["isolation"] = runner.isolation
+        if runner.isolation == "in-process":
+            entry["notes"].append(
+                "ran in the benchmark's process (the module cannot be pickled into a worker): "
+                "peak memory not measured"
+            )
+        if reply["ok"]:
+            runners[spec.name] = (runner, reply)
+        else:
+            runner.close()
+            entry.update(status="error", error=reply["error"])
+            progress.note(f"{spec.label}: failed to load: {reply['error']}")
 
 
 def _precision_ran(eng: dict[str, Any]) -> str:
@@ -530,18 +617,24 @@ def _precision_ran(eng: dict[str, Any]) -> str:
     return str(ran)
 
 
-def _is_optional(model: Any, name: str) -> bool:
-    return name in model.ir.graph.initializers
-
-
 def _spec_json(s: Any) -> dict[str, Any]:
-    return {"name": s.name, "dtype": None if s.dtype is None else str(s.dtype),
-            "shape": None if s.shape is None else list(s.shape)}
+    return {
+        "name": s.name,
+        "dtype": None if s.dtype is None else str(s.dtype),
+        "shape": None if s.shape is None else list(s.shape),
+    }
 
 
-def _start(spec: EngineSpec, config: BenchConfig, path: Path, module: Any, module_bytes: bytes | None) -> tuple[Any, dict[str, Any]]:
-    msg = {"op": "init", "spec": spec, "threads": config.threads, "path": str(path),
-           "measure_memory": config.measure_memory}
+def _start(
+    spec: EngineSpec, config: BenchConfig, path: Path, module: Any, module_bytes: bytes | None
+) -> tuple[Any, dict[str, Any]]:
+    msg = {
+        "op": "init",
+        "spec": spec,
+        "threads": config.threads,
+        "path": str(path),
+        "measure_memory": config.measure_memory,
+    }
     if spec.peer == "torch":
         if module_bytes is None:
             local = LocalRunner()
@@ -580,8 +673,12 @@ def _bench_batch(
     times: dict[str, list[int]] = {}
     live: list[str] = []
     for spec in specs:
-        row: dict[str, Any] = {"engine": spec.name, "batch": batch, "status": "error",
-                               "error": engines[spec.name]["error"]}
+        row: dict[str, Any] = {
+            "engine": spec.name,
+            "batch": batch,
+            "status": "error",
+            "error": engines[spec.name]["error"],
+        }
         rows[spec.name] = row
         if spec.name not in runners:
             progress.advance(rounds + 1)
@@ -589,10 +686,15 @@ def _bench_batch(
         runner, init = runners[spec.name]
         progress.update(f"{model_name} batch {batch}: warming up {spec.label}")
         quiesce(pids)
-        reply = runner.request({
-            "op": "prepare", "feeds": feeds, "warmup": config.warmup,
-            "warmup_time": config.min_time / 10, "warmup_max": config.warmup + config.max_iters // 10,
-        })
+        reply = runner.request(
+            {
+                "op": "prepare",
+                "feeds": feeds,
+                "warmup": config.warmup,
+                "warmup_time": config.min_time / 10,
+                "warmup_max": config.warmup + config.max_iters // 10,
+            }
+        )
         progress.advance()
         if not reply["ok"]:
             row["error"] = reply["error"]
@@ -605,9 +707,15 @@ def _bench_batch(
             agree = None
             row["agreement_error"] = str(e)
         row.update(
-            status="ok", error=None, load_s=reply["load_s"], first_call_s=reply["first_call_s"],
-            warmup_calls=reply["warmup_calls"], samples_per_call=reply["samples_per_call"],
-            agreement=agree, settings=reply["settings"], baseline_rss_bytes=init.get("baseline_rss_bytes"),
+            status="ok",
+            error=None,
+            load_s=reply["load_s"],
+            first_call_s=reply["first_call_s"],
+            warmup_calls=reply["warmup_calls"],
+            samples_per_call=reply["samples_per_call"],
+            agreement=agree,
+            settings=reply["settings"],
+            baseline_rss_bytes=init.get("baseline_rss_bytes"),
         )
         times[spec.name] = []
         live.append(spec.name)
@@ -616,13 +724,17 @@ def _bench_batch(
     per_round = max(1, math.ceil(config.max_iters / rounds))
     for r, order in enumerate(_rotations(list(live), rounds)):
         for engine in order:
-            if engine not in times:
+            if engine not in times or len(times[engine]) >= config.max_iters:
                 progress.advance()
                 continue
-            progress.update(f"{model_name} batch {batch}: round {r + 1}/{rounds}, {engines[engine]['label']}")
+            progress.update(
+                f"{model_name} batch {batch}: round {r + 1}/{rounds}, {engines[engine]['label']}"
+            )
             cap = min(per_round, config.max_iters - len(times[engine]))
             quiesce(pids)
-            reply = runners[engine][0].request({"op": "slice", "seconds": slice_s, "max_calls": max(1, cap)})
+            reply = runners[engine][0].request(
+                {"op": "slice", "seconds": slice_s, "max_calls": cap}
+            )
             if reply["ok"]:
                 times[engine].extend(reply["times_ns"])
             else:
@@ -667,8 +779,18 @@ def _ratios(doc: dict[str, Any]) -> list[dict[str, Any]]:
             if e is None or p is None:
                 continue
             r = stats.speed_ratio(
-                [t / 1e3 for t in e["samples_ms"]], e["samples_per_call"],
-                [t / 1e3 for t in p["samples_ms"]], p["samples_per_call"],
+                [t / 1e3 for t in e["samples_ms"]],
+                e["samples_per_call"],
+                [t / 1e3 for t in p["samples_ms"]],
+                p["samples_per_call"],
             )
-            out.append({"peer": eng["name"], "batch": batch, "value": r.value, "low": r.low, "high": r.high})
+            out.append(
+                {
+                    "peer": eng["name"],
+                    "batch": batch,
+                    "value": r.value,
+                    "low": r.low,
+                    "high": r.high,
+                }
+            )
     return out

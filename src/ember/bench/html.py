@@ -42,7 +42,7 @@ def _svg(fig: Any) -> str:
     with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9}):
         fig.savefig(buf, format="svg")
     text = buf.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: inline SVG needs neither
+    return text[text.index("<svg") :]  # drop the XML prolog and DOCTYPE: inline SVG needs neither
 
 
 def _ok(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -50,7 +50,7 @@ def _ok(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def plot_latency(doc: dict[str, Any]) -> str:
-    """Box plots of per-call latency, one row of engines per batch size; log scale when spread wide."""
+    """Box plots of per-call latency, a row of engines per batch; log scale when spread wide."""
     engines = {e["name"]: e for e in doc["engines"]}
     colors = {name: COLORS[i % len(COLORS)] for i, name in enumerate(engines)}
     batches = doc["config"]["batches"]
@@ -62,8 +62,14 @@ def plot_latency(doc: dict[str, Any]) -> str:
             ax.text(0.5, 0.5, f"batch {batch}: no engine ran", ha="center", transform=ax.transAxes)
             continue
         data = [r["samples_ms"] for r in rows]
-        parts = ax.boxplot(data, orientation="horizontal", whis=(1, 99), showfliers=True, patch_artist=True,
-                           flierprops={"markersize": 2, "alpha": 0.4})
+        parts = ax.boxplot(
+            data,
+            orientation="horizontal",
+            whis=(1, 99),
+            showfliers=True,
+            patch_artist=True,
+            flierprops={"markersize": 2, "alpha": 0.4},
+        )
         for patch, r in zip(parts["boxes"], rows, strict=True):
             patch.set_facecolor(colors[r["engine"]])
             patch.set_alpha(0.6)
@@ -85,8 +91,13 @@ def plot_throughput(doc: dict[str, Any]) -> str:
     for i, name in enumerate(engines):
         rows = sorted((r for r in _ok(doc) if r["engine"] == name), key=lambda r: r["batch"])
         if rows:
-            ax.plot([r["batch"] for r in rows], [r["latency"]["throughput_median_sps"] for r in rows], "o-",
-                    color=COLORS[i % len(COLORS)], label=_engine_label(engines[name]))
+            ax.plot(
+                [r["batch"] for r in rows],
+                [r["latency"]["throughput_median_sps"] for r in rows],
+                "o-",
+                color=COLORS[i % len(COLORS)],
+                label=_engine_label(engines[name]),
+            )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(doc["config"]["batches"], [str(b) for b in doc["config"]["batches"]])
@@ -110,14 +121,25 @@ def plot_accuracy(doc: dict[str, Any]) -> str:
             continue
         r = max(rows, key=lambda r: r["batch"])
         err = r["agreement"]["max_abs_err"]
-        label = f"{_engine_label(engines[name])}, batch {r['batch']}" + (" (exact match)" if err == 0 else "")
-        ax.scatter([r["latency"]["throughput_median_sps"]], [max(err, floor)], s=60,
-                   color=COLORS[i % len(COLORS)], label=label, zorder=3)
+        label = f"{_engine_label(engines[name])}, batch {r['batch']}" + (
+            " (exact match)" if err == 0 else ""
+        )
+        ax.scatter(
+            [r["latency"]["throughput_median_sps"]],
+            [max(err, floor)],
+            s=60,
+            color=COLORS[i % len(COLORS)],
+            label=label,
+            zorder=3,
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("samples / s at the largest batch (batch / median latency)")
     ax.set_ylabel("max abs error vs ember exact mode")
-    ax.set_title("speed vs accuracy, one point per engine and precision (right and low is better)", loc="left")
+    ax.set_title(
+        "speed vs accuracy, per engine and precision (right and low: better)",
+        loc="left",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.margins(0.15)
     ax.legend(fontsize=8)
@@ -136,65 +158,132 @@ def render_html(doc: dict[str, Any]) -> str:
     e = html.escape
     cfg = doc["config"]
     engines = {x["name"]: x for x in doc["engines"]}
-    parts = [f"<h1>ember bench: {e(doc['model']['name'])}</h1>",
-             f"<p class=meta>{e(doc['machine']['time'])} &middot; {e(doc['machine'].get('cpu_model') or '?')} "
-             f"&middot; {cfg['threads']} threads &middot; precision {e(cfg['precision'])} &middot; "
-             f"batches {', '.join(map(str, cfg['batches']))}</p>"]
+    parts = [
+        f"<h1>ember bench: {e(doc['model']['name'])}</h1>",
+        f"<p class=meta>{e(doc['machine']['time'])} &middot; "
+        f"{e(doc['machine'].get('cpu_model') or '?')} "
+        f"&middot; {cfg['threads']} threads &middot; precision {e(cfg['precision'])} &middot; "
+        f"batches {', '.join(map(str, cfg['batches']))}</p>",
+    ]
     if doc["ratios"]:
         peers = list(dict.fromkeys(r["peer"] for r in doc["ratios"]))
         rows = []
         for p in peers:
             cells = {r["batch"]: fmt_ratio(r) for r in doc["ratios"] if r["peer"] == p}
-            rows.append([e(_engine_label(engines[p]))] + [e(cells.get(b, "-")) for b in cfg["batches"]])
-        parts += ["<h2>ember speed / peer speed</h2>",
-                  "<p>&gt;1: ember is faster. Median time per sample; 95% bootstrap interval.</p>",
-                  _table(["peer"] + [f"batch {b}" for b in cfg["batches"]], rows)]
+            rows.append(
+                [e(_engine_label(engines[p]))] + [e(cells.get(b, "-")) for b in cfg["batches"]]
+            )
+        parts += [
+            "<h2>ember speed / peer speed</h2>",
+            "<p>&gt;1: ember is faster. Median time per sample; 95% bootstrap interval.</p>",
+            _table(["peer"] + [f"batch {b}" for b in cfg["batches"]], rows),
+        ]
     rows = []
     for r in doc["results"]:
         label = e(_engine_label(engines[r["engine"]]))
         if r["status"] != "ok":
-            rows.append([label, str(r["batch"]), f"<span class=err>error: {e(str(r['error']))}</span>"] + [""] * 10)
+            rows.append(
+                [label, str(r["batch"]), f"<span class=err>error: {e(str(r['error']))}</span>"]
+                + [""] * 10
+            )
             continue
         lat, mem, agr = r["latency"], r["memory"] or {}, r["agreement"]
-        rows.append([label, str(r["batch"]), f"{lat['median_ms']:.3f}", f"{lat['p90_ms']:.3f}",
-                     f"{lat['p99_ms']:.3f}", f"{lat['throughput_median_sps']:,.0f}",
-                     f"{lat['throughput_sps']:,.0f}", f"{r['load_s']:.3f}",
-                     f"{r['first_call_s']:.3f}", e(fmt_bytes(mem.get("peak_delta_bytes"))),
-                     "-" if agr is None else f"{agr['max_abs_err']:.2e}", e(fmt_agreement(agr)), str(lat["n"])])
-    parts += ["<h2>Results</h2>", _table(
-        ["engine", "batch", "median ms", "p90 ms", "p99 ms", "samples/s", "samples/s (all calls)",
-         "load s", "first call s", "peak mem", "max abs err", "agreement", "calls"], rows),
-        "<p>samples/s: batch / median latency; (all calls): samples / total time, which a busy machine "
+        rows.append(
+            [
+                label,
+                str(r["batch"]),
+                f"{lat['median_ms']:.3f}",
+                f"{lat['p90_ms']:.3f}",
+                f"{lat['p99_ms']:.3f}",
+                f"{lat['throughput_median_sps']:,.0f}",
+                f"{lat['throughput_sps']:,.0f}",
+                f"{r['load_s']:.3f}",
+                f"{r['first_call_s']:.3f}",
+                e(fmt_bytes(mem.get("peak_delta_bytes"))),
+                "-" if agr is None else f"{agr['max_abs_err']:.2e}",
+                e(fmt_agreement(agr)),
+                str(lat["n"]),
+            ]
+        )
+    parts += [
+        "<h2>Results</h2>",
+        _table(
+            [
+                "engine",
+                "batch",
+                "median ms",
+                "p90 ms",
+                "p99 ms",
+                "samples/s",
+                "samples/s (all calls)",
+                "load s",
+                "first call s",
+                "peak mem",
+                "max abs err",
+                "agreement",
+                "calls",
+            ],
+            rows,
+        ),
+        "<p>samples/s: batch / median latency; (all calls): samples / total time, which a busy "
+        "machine "
         "drags down. peak mem: the engine process's peak RSS during the batch minus its RSS before "
-        "loading.</p>"]
+        "loading.</p>",
+    ]
     parts.append("<h2>Plots</h2>")
-    for pid, title, fn in (("plot-latency", "Latency distribution per engine", plot_latency),
-                           ("plot-throughput", "Throughput vs batch", plot_throughput),
-                           ("plot-accuracy", "Speed vs accuracy", plot_accuracy)):
+    for pid, title, fn in (
+        ("plot-latency", "Latency distribution per engine", plot_latency),
+        ("plot-throughput", "Throughput vs batch", plot_throughput),
+        ("plot-accuracy", "Speed vs accuracy", plot_accuracy),
+    ):
         parts.append(f'<figure id="{pid}">{fn(doc)}<figcaption>{e(title)}</figcaption></figure>')
-    parts.append("<h2>Fairness and method</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in doc["fairness"]) + "</ul>")
+    parts.append(
+        "<h2>Fairness and method</h2><ul>"
+        + "".join(f"<li>{e(x)}</li>" for x in doc["fairness"])
+        + "</ul>"
+    )
     if doc["skipped"]:
-        parts.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{e(s['message'])}</li>" for s in doc["skipped"]) + "</ul>")
-    rows = [[e(x["label"]), e(x["version"] or "?"), e(x["precision_ran"] or "-"), e(x["isolation"] or "-"),
-             e("; ".join(x["notes"])), e(", ".join(f"{k}={v}" for k, v in x["settings"].items()))]
-            for x in doc["engines"]]
-    parts += ["<h2>Engines</h2>", _table(["engine", "version", "ran", "isolation", "notes", "settings"], rows)]
+        parts.append(
+            "<h2>Skipped</h2><ul>"
+            + "".join(f"<li>{e(s['message'])}</li>" for s in doc["skipped"])
+            + "</ul>"
+        )
+    rows = [
+        [
+            e(x["label"]),
+            e(x["version"] or "?"),
+            e(x["precision_ran"] or "-"),
+            e(x["isolation"] or "-"),
+            e("; ".join(x["notes"])),
+            e(", ".join(f"{k}={v}" for k, v in x["settings"].items())),
+        ]
+        for x in doc["engines"]
+    ]
+    parts += [
+        "<h2>Engines</h2>",
+        _table(["engine", "version", "ran", "isolation", "notes", "settings"], rows),
+    ]
     m = doc["machine"]
     flags = ", ".join(k for k, v in (m.get("cpu_flags") or {}).items() if v)
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    parts.append(f"<h2>Machine</h2><p>{e(m.get('cpu_model') or '?')}; flags: {e(flags or '?')}; "
-                 f"{m.get('cpu_affinity')} usable CPUs of {m.get('cpu_count')}; {e(m['platform'])}; "
-                 f"load average {m.get('load_average')} at start, {m.get('load_average_end')} at end.</p>"
-                 f"<p>{e(versions)}</p>")
+    parts.append(
+        f"<h2>Machine</h2><p>{e(m.get('cpu_model') or '?')}; flags: {e(flags or '?')}; "
+        f"{m.get('cpu_affinity')} usable CPUs of {m.get('cpu_count')}; {e(m['platform'])}; "
+        f"load average {m.get('load_average')} at start, {m.get('load_average_end')} at end.</p>"
+        f"<p>{e(versions)}</p>"
+    )
     title = f"ember bench: {doc['model']['name']}"
-    page = (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{e(title)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    page = (
+        f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{e(title)}</title>"
+        f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
     return re.sub(r"\n\s*\n", "\n", page)
 
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+table{border-collapse:collapse;margin:.5em 0 1em}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}.meta{color:#666}.err{color:#c00}
 figure{margin:1em 0}figure svg{max-width:100%;height:auto}figcaption{color:#666}
 """

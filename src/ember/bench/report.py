@@ -91,8 +91,11 @@ def fairness_notes(doc: dict[str, Any]) -> list[str]:
     threads = [f"every engine gets {n} thread{'s' if n > 1 else ''}"]
     if "ember" in engines:
         blas = engines["ember"]["settings"].get("blas_threads")
-        how = "NumPy's BLAS pool limited by threadpoolctl" if isinstance(blas, int) else (
-            "NumPy's BLAS pool at its default size (threadpoolctl is not installed)")
+        how = (
+            "NumPy's BLAS pool limited by threadpoolctl"
+            if isinstance(blas, int)
+            else ("NumPy's BLAS pool at its default size (threadpoolctl is not installed)")
+        )
         threads.append(f"ember: no thread option yet, {how}")
     if "ort" in engines:
         threads.append(f"ONNX Runtime: intra_op_num_threads={n}, inter_op_num_threads=1")
@@ -102,37 +105,48 @@ def fairness_notes(doc: dict[str, Any]) -> list[str]:
         threads.append(f"PyTorch: torch.set_num_threads({n}), 1 inter-op thread")
     notes.append("; ".join(threads) + ".")
     if "ort" in engines:
-        notes.append("ONNX Runtime: CPUExecutionProvider, all graph optimizations (ORT_ENABLE_ALL), "
-                     "sequential execution.")
+        notes.append(
+            "ONNX Runtime: CPUExecutionProvider, all graph optimizations (ORT_ENABLE_ALL), "
+            "sequential execution."
+        )
     ov = [e for e in doc["engines"] if e["peer"] == "openvino"]
     if ov:
         rows = ", ".join(f"{e['label']} ran {e['precision_ran'] or '?'}" for e in ov)
         notes.append(
-            f"OpenVINO twice: {rows}. Compiled per batch with static shapes; LATENCY hint at batch 1, "
+            f"OpenVINO twice: {rows}. Compiled per batch with static shapes; LATENCY hint at "
+            "batch 1, "
             "THROUGHPUT above, where one timed call runs the compiled model's optimal number of "
             "requests in parallel (settings.infer_requests_per_call), each on the whole batch."
         )
     if cfg["precision"] != "fp32":
-        ran = ", ".join(f"{e['name']}: {e['precision_ran'] or e['precision']}" for e in doc["engines"])
-        notes.append(f"--precision {cfg['precision']} was asked; ember has no {cfg['precision']} path yet "
-                     f"and ran fp32. What each engine ran: {ran}.")
+        ran = ", ".join(
+            f"{e['name']}: {e['precision_ran'] or e['precision']}" for e in doc["engines"]
+        )
+        notes.append(
+            f"--precision {cfg['precision']} was asked; ember has no {cfg['precision']} path yet "
+            f"and ran fp32. What each engine ran: {ran}."
+        )
     notes.append(
         f"Timing: per engine and batch, load and the first call are timed apart, {cfg['warmup']}+ "
-        f"warm-up calls are not timed, then {cfg['rounds']} interleaved rounds in rotating order of "
+        f"warm-up calls are not timed, then {cfg['rounds']} interleaved rounds in rotating order "
+        "of "
         f"{cfg['min_time_s'] / cfg['rounds']:.3g} s each (at least one call per round, at most "
         f"{cfg['max_iters']} timed calls in all). Each engine runs in its own process, and a slice "
         "starts only when every engine process is idle (thread pools spin after a call returns). A "
         "call is timed with perf_counter_ns around the engine's run on inputs already in memory."
     )
     notes.append(
-        "Agreement: every engine's outputs against ember's exact mode (float64 accumulation) on the "
+        "Agreement: every engine's outputs against ember's exact mode (float64 accumulation) on "
+        "the "
         f"same inputs ({doc['model']['input_data']}); task {doc['model']['task']}."
     )
     m = doc["machine"]
     flags = ", ".join(k for k, v in (m.get("cpu_flags") or {}).items() if v) or "unknown"
     notes.append(
-        f"Machine: {m.get('cpu_model') or 'unknown CPU'} ({m.get('cpu_affinity') or m.get('cpu_count')} "
+        f"Machine: {m.get('cpu_model') or 'unknown CPU'} "
+        f"({m.get('cpu_affinity') or m.get('cpu_count')} "
         f"usable CPUs; flags {flags}); load average {m.get('load_average')} at start, "
-        f"{m.get('load_average_end')} at end (a load above the CPU count means other work shared the CPUs)."
+        f"{m.get('load_average_end')} at end (a load above the CPU count means other work shared "
+        "the CPUs)."
     )
     return notes

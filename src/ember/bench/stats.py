@@ -37,7 +37,7 @@ def latency_summary(times_s: Sequence[float], samples_per_call: int) -> dict[str
 
 @dataclasses.dataclass(frozen=True)
 class Ratio:
-    """ember's speed over a peer's: >1 means ember is faster. `low`/`high`: 95% bootstrap interval."""
+    """ember's speed over a peer's (>1: ember is faster); `low`/`high`: 95% bootstrap interval."""
 
     value: float
     low: float

@@ -3,8 +3,8 @@
 Each engine gets a fresh process so that its peak memory is its own (VmHWM of that process, reset
 between batches through /proc/self/clear_refs), its libraries and thread pools do not live in the
 other engines' address space, and a crash in one engine costs one row, not the run. The parent sends
-pickled requests on stdin; replies go back on a duplicate of the original stdout, and fd 1 is pointed
-at stderr so that nothing a library prints can corrupt the protocol.
+pickled requests on stdin; replies go back on a duplicate of the original stdout, and fd 1 is
+pointed at stderr so that nothing a library prints can corrupt the protocol.
 
     python -m ember.bench.worker      (started by ember.bench.harness, never by hand)
 """
@@ -19,7 +19,6 @@ import time
 import traceback
 from pathlib import Path
 from typing import IO, Any
-
 
 _HEADER = struct.Struct("<Q")
 
@@ -64,14 +63,14 @@ def rss_bytes() -> int | None:
 
 def peak_rss_bytes() -> int | None:
     kib = _status_kib("VmHWM")
-    if kib is None:
-        try:
-            import resource
-
-            kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        except (ImportError, OSError):
-            return None
-    return kib * 1024
+    if kib is not None:
+        return kib * 1024
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 def reset_peak() -> bool:
@@ -82,7 +81,7 @@ def reset_peak() -> bool:
         return False
 
 
-# -- the engine's side of the protocol ---------------------------------------------------------------
+# -- the engine's side of the protocol ------------------------------------------------------------
 
 
 class WorkerState:
@@ -173,7 +172,11 @@ class WorkerState:
         try:
             return getattr(self, msg["op"])(msg)
         except Exception as e:  # noqa: BLE001 (any engine failure becomes that row's error)
-            return {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+            return {
+                "ok": False,
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(),
+            }
 
 
 def main() -> int:
