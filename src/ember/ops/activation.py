@@ -13,6 +13,7 @@ import numpy as np
 
 from ember.ops.common import is_float, normalize_axis, work_dtype
 from ember.ops.registry import OpContext, op
+from ember.ops.special import erfc
 
 
 def _work(x: np.ndarray) -> np.ndarray:
@@ -38,33 +39,6 @@ def _softplus(x: np.ndarray) -> np.ndarray:
 
 
 _SQRT_PI = math.sqrt(math.pi)
-
-
-def _erfc(x: np.ndarray) -> np.ndarray:
-    """erfc in float64 to ~1e-13 relative error, NumPy only (no SciPy): a positive series for
-    |x| < 2 and a continued fraction beyond, so neither side loses digits to cancellation."""
-    x = np.asarray(x, dtype=np.float64)
-    a = np.abs(x)
-    small = a < 2.0
-    out = np.empty_like(a)
-    # erf(a) = 2/sqrt(pi) e^{-a^2} sum_n (2a^2)^n a / (2n+1)!!: every term positive.
-    s = a[small]
-    s2 = s * s
-    term = s.copy()
-    total = s.copy()
-    for n in range(1, 32):
-        term = term * (2.0 * s2) / (2 * n + 1)
-        total = total + term
-    out[small] = 1.0 - 2.0 / _SQRT_PI * np.exp(-s2) * total
-    # erfc(a) = e^{-a^2}/sqrt(pi) / (a + (1/2)/(a + (2/2)/(a + (3/2)/(a + ...)))), evaluated
-    # from the tail; 48 levels give ~1e-13 relative error for a >= 2.
-    b = a[~small]
-    with np.errstate(over="ignore"):  # a = inf: the fraction is inf and erfc is 0, as it should
-        f = b.copy()
-        for k in range(48, 0, -1):
-            f = b + (k / 2.0) / f
-        out[~small] = np.exp(-b * b) / _SQRT_PI / f
-    return np.where(x < 0, 2.0 - out, out)
 
 
 # --- ReLU family ---------------------------------------------------------------------------------
@@ -275,7 +249,7 @@ def Gelu_20(X, *, approximate="none"):
     x = _work(X)
     if approximate == "none":
         # 0.5 x (1 + erf(x/sqrt2)) written as 0.5 x erfc(-x/sqrt2): no cancellation for x << 0.
-        y = 0.5 * x.astype(np.float64) * _erfc(-x.astype(np.float64) / math.sqrt(2.0))
+        y = 0.5 * x.astype(np.float64) * erfc(-x.astype(np.float64) / math.sqrt(2.0))
     elif approximate == "tanh":
         y = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
     else:

@@ -10,7 +10,6 @@ hint with no effect on values: it is accepted and ignored.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from ember.ops.common import is_float, normalize_axis, work_arrays
 from ember.ops.registry import OpContext, op
+from ember.ops.special import erf
 
 _ML_FLOATS = frozenset(
     np.dtype(t)
@@ -273,40 +273,6 @@ def Erf_9(input):
     return _float_math("Erf", lambda w: erf(w.astype(np.float64)), input)
 
 
-_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
-_ERF_SERIES_MAX = 1.5  # below: Maclaurin series; above: continued fraction for erfc
-_ERF_SERIES_TERMS = 32
-_ERFC_FRACTION_DEPTH = 100
-
-
-def erf(x: np.ndarray) -> np.ndarray:
-    """The error function of a float64 array, to about 1e-15 relative error (NumPy has none).
-
-    >>> float(erf(np.array(0.5)))
-    0.5204998778130465
-    """
-    x = np.asarray(x, dtype=np.float64)
-    with np.errstate(all="ignore"):  # underflow of tiny terms is harmless
-        a = np.abs(x)
-        # Small |x|: erf(x) = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1)). Terms peak near
-        # n = x^2; below 1.5 cancellation costs less than a digit.
-        s = np.minimum(a, _ERF_SERIES_MAX)
-        s2 = s * s
-        term = s.copy()
-        total = s.copy()
-        for n in range(1, _ERF_SERIES_TERMS):
-            term = term * (-s2 / n)
-            total = total + term / (2 * n + 1)
-        series = _TWO_OVER_SQRT_PI * total
-        # Large |x|: erfc(x) = exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + ...)))),
-        # evaluated bottom-up to a fixed depth (it converges faster the larger x is).
-        c = np.maximum(a, _ERF_SERIES_MAX)
-        frac = c.copy()
-        for k in range(_ERFC_FRACTION_DEPTH, 0, -1):
-            frac = c + (k / 2) / frac
-        erfc = np.exp(-c * c) / (math.sqrt(math.pi) * frac)
-        out = np.where(a <= _ERF_SERIES_MAX, series, 1.0 - erfc)
-    return np.where(np.isnan(x), x, np.copysign(out, x))
 
 
 @op
