@@ -20,7 +20,7 @@ $(VENV)/.installed: $(BIN)/python $(NATIVE_SRC)
 # Test install: the dev tools, the CPU build of torch and the models the tests use.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --quiet "scikit-build-core>=0.10" "nanobind>=2.4"
-	$(BIN)/pip install --quiet --no-build-isolation --editable ".[dev,zoo,torch,test,bench]"
+	$(BIN)/pip install --quiet --no-build-isolation --editable ".[dev,zoo,torch,test,bench,serve,ray]"
 	touch $@
 
 install: $(VENV)/.installed

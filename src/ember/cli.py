@@ -273,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     arg("--html", metavar="OUT.html", help="write a self-contained HTML report with plots")
     arg("-q", "--quiet", action="store_true", help="no progress bar or notes, tables only")
     b.set_defaults(func=cmd_bench)
+
+    from ember.serve.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     return p
 
 
