@@ -20,10 +20,12 @@ mlp (float[batch, 4] x) => (float[batch, 3] y) <float[4, 3] W = {0.1, -0.2, 0.3,
 
 
 def mlp() -> onnx.ModelProto:
-    """y = relu(x @ W + b) with a symbolic batch dim; weights stored as raw bytes like exporters do."""
+    """y = relu(x @ W + b) with a symbolic batch dim; weights as raw bytes, as exporters write."""
     model = onnx.parser.parse_model(MLP_TEXT)
     for i, t in enumerate(model.graph.initializer):
-        model.graph.initializer[i].CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t), t.name))
+        model.graph.initializer[i].CopyFrom(
+            onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t), t.name)
+        )
     return model
 
 

@@ -55,13 +55,17 @@ def load_exclusions() -> dict[str, str]:
 def _assert_same(expected: Any, got: Any, rtol: float, atol: float, where: str) -> None:
     if isinstance(expected, list):
         if not isinstance(got, list) or len(got) != len(expected):
-            raise AssertionError(f"{where}: expected a sequence of {len(expected)}, got {type(got).__name__}")
+            raise AssertionError(
+                f"{where}: expected a sequence of {len(expected)}, got {type(got).__name__}"
+            )
         for i, (e, g) in enumerate(zip(expected, got, strict=True)):
             _assert_same(e, g, rtol, atol, f"{where}[{i}]")
         return
     if expected is None:
         if got is not None:
-            raise AssertionError(f"{where}: expected None (empty optional), got {type(got).__name__}")
+            raise AssertionError(
+                f"{where}: expected None (empty optional), got {type(got).__name__}"
+            )
         return
     expected = np.asarray(expected)
     if not isinstance(got, np.ndarray | np.generic):
@@ -133,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     fb = sum(o.passed and bool(o.fallback_ops) for o in outcomes)
     slow = sorted(outcomes, key=lambda o: -o.seconds)[:5]
     print("slowest: " + ", ".join(f"{o.name} {o.seconds:.2f}s" for o in slow))
-    print(f"{passed} of {len(outcomes)} node tests pass ({fb} of them use the onnx.reference fallback)")
+    print(
+        f"{passed} of {len(outcomes)} node tests pass "
+        f"({fb} of them use the onnx.reference fallback)"
+    )
     return 0
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import onnx.parser
 import pytest
+from tests.models import mlp, mlp_reference
 
 from ember.cli import main
-from tests.models import mlp, mlp_reference
 
 
 @pytest.fixture
@@ -42,7 +42,10 @@ def test_run_with_input_files(model_file, tmp_path, capsys) -> None:
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     out_file = tmp_path / "o.npz"
-    assert main(["run", str(model_file), "--input", f"x={tmp_path / 'x.npy'}", "-o", str(out_file)]) == 0
+    assert (
+        main(["run", str(model_file), "--input", f"x={tmp_path / 'x.npy'}", "-o", str(out_file)])
+        == 0
+    )
     np.testing.assert_allclose(np.load(out_file)["y"], mlp_reference(x), rtol=1e-6)
 
 
@@ -71,7 +74,10 @@ def test_errors_are_one_line_and_exit_2(args, message, model_file, tmp_path, cap
 def test_failed_run_writes_no_output(model_file, tmp_path) -> None:
     np.save(tmp_path / "bad.npy", np.zeros((2, 9), np.float32))
     out_file = tmp_path / "o.npz"
-    assert main(["run", str(model_file), "--input", f"x={tmp_path / 'bad.npy'}", "-o", str(out_file)]) == 2
+    assert (
+        main(["run", str(model_file), "--input", f"x={tmp_path / 'bad.npy'}", "-o", str(out_file)])
+        == 2
+    )
     assert not out_file.exists()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from functools import cache
 
 import pytest
-
 from tests.node_suite import Outcome, load_cases, load_exclusions, run_case
 
 MIN_PASSING = 1600
@@ -45,7 +44,8 @@ def test_pass_count(capsys) -> None:
     with capsys.disabled():
         print(
             f"\nONNX node tests: {len(passed)} of {len(results)} pass "
-            f"({len(passed) - len(fallback)} on ember's own ops alone, {len(fallback)} also use the "
+            f"({len(passed) - len(fallback)} on ember's own ops alone, "
+            f"{len(fallback)} also use the "
             f"onnx.reference fallback for: {', '.join(fallback_ops) or 'nothing'}); "
             f"{len(EXCLUDED)} excluded"
         )

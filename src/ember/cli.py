@@ -1,8 +1,8 @@
 """The `ember` command: parses arguments, calls the library, prints. No logic of its own.
 
-    ember inspect model.onnx
-    ember run model.onnx --random --batch 8
-    ember bench model.onnx --batch 1,8,32 --peers ort,openvino --json out.json --html out.html
+ember inspect model.onnx
+ember run model.onnx --random --batch 8
+ember bench model.onnx --batch 1,8,32 --peers ort,openvino --json out.json --html out.html
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def _parse_dims(items: Sequence[str]) -> dict[str, int]:
     for item in items:
         name, sep, size = item.partition("=")
         if not sep or not size.isdigit() or int(size) < 1:
-            raise ConfigError(f"--dim {item!r}: expected NAME=SIZE with a positive size, e.g. seq=128")
+            raise ConfigError(
+                f"--dim {item!r}: expected NAME=SIZE with a positive size, e.g. seq=128"
+            )
         dims[name] = int(size)
     return dims
 
@@ -74,7 +76,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         unsupported.append(str(e))
     console.print(f"[bold]{escape(str(args.model))}[/bold]")
     opsets = ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in sorted(model.opset_imports.items()))
-    console.print(f"opsets: {opsets}    producer: {model.producer_name or '?'} {model.producer_version or ''}")
+    console.print(
+        f"opsets: {opsets}    producer: {model.producer_name or '?'} {model.producer_version or ''}"
+    )
     for title, values in (("inputs", model.graph.inputs), ("outputs", model.graph.outputs)):
         table = Table(title=title, title_justify="left")
         for col in ("name", "dtype", "shape"):
@@ -83,7 +87,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             values = [v for v in values if v.name not in model.graph.initializers]
         for v in values:
             s = tensor_spec(v)
-            shape = "?" if s.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in s.shape) + "]"
+            shape = (
+                "?"
+                if s.shape is None
+                else "[" + ", ".join("?" if d is None else str(d) for d in s.shape) + "]"
+            )
             dtype = str(s.dtype) if s.dtype is not None else str(v.type or "?")
             table.add_row(escape(s.name), escape(dtype), escape(shape))
         console.print(table)
@@ -114,7 +122,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _random_inputs(model: Any, batch: int, dims: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+def _random_inputs(
+    model: Any, batch: int, dims: dict[str, int], seed: int
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in model.inputs:
@@ -138,7 +148,9 @@ def _random_inputs(model: Any, batch: int, dims: dict[str, int], seed: int) -> d
         elif kind == "b":
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
         else:
-            raise ConfigError(f"--random cannot make {spec.dtype} input {spec.name!r}: give it with --input")
+            raise ConfigError(
+                f"--random cannot make {spec.dtype} input {spec.name!r}: give it with --input"
+            )
     return feeds
 
 
@@ -181,7 +193,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("give either --input NAME=FILE.npy (once per input) or --random")
     model = ember.load(args.model, exact=args.exact)
     dims = _parse_dims(args.dim)
-    feeds = _random_inputs(model, args.batch, dims, args.seed) if args.random else _load_inputs(args.input)
+    feeds = (
+        _random_inputs(model, args.batch, dims, args.seed)
+        if args.random
+        else _load_inputs(args.input)
+    )
     start = time.perf_counter()
     outputs = model.run(feeds)
     elapsed = time.perf_counter() - start
@@ -229,21 +245,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ember", description="Run ONNX models fast, small and exactly.")
+    p = argparse.ArgumentParser(
+        prog="ember", description="Run ONNX models fast, small and exactly."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ins = sub.add_parser("inspect", help="inputs, outputs, opsets, op histogram, params, FLOPs")
     ins.add_argument("model")
-    ins.add_argument("--batch", type=int, default=None, help="bind the symbolic dim `batch` (FLOPs)")
-    ins.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE", help="bind a symbolic dim")
+    ins.add_argument(
+        "--batch", type=int, default=None, help="bind the symbolic dim `batch` (FLOPs)"
+    )
+    ins.add_argument(
+        "--dim", action="append", default=[], metavar="NAME=SIZE", help="bind a symbolic dim"
+    )
     ins.set_defaults(func=cmd_inspect)
 
     run = sub.add_parser("run", help="run a model once on given or random inputs, save outputs")
     run.add_argument("model")
     run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
     run.add_argument("--random", action="store_true", help="random inputs of the model's signature")
-    run.add_argument("--batch", type=int, default=1, help="size of a symbolic first axis with --random")
-    run.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE", help="bind a symbolic dim")
+    run.add_argument(
+        "--batch", type=int, default=1, help="size of a symbolic first axis with --random"
+    )
+    run.add_argument(
+        "--dim", action="append", default=[], metavar="NAME=SIZE", help="bind a symbolic dim"
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--exact", action="store_true", help="float64 accumulation (the oracle mode)")
     run.add_argument("-o", "--output", help="where to save outputs (default: MODEL.outputs.npz)")
@@ -253,20 +279,52 @@ def build_parser() -> argparse.ArgumentParser:
     arg = b.add_argument
     arg("model", help="an .onnx file, or a bundled zoo model's name (digits_cnn, mnist_mlp)")
     arg("--batch", default="1", metavar="1,8,32", help="batch sizes (default 1)")
-    arg("--peers", default="ort,openvino", metavar="ort,openvino",
-        help="peers to compare with, or 'none' (default ort,openvino)")
-    arg("--threads", type=int, default=None, metavar="N",
-        help="threads for every engine (default: the CPUs this process may use)")
-    arg("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
-        help="what peers run; ember runs fp32 whatever this says, and the report says so")
-    arg("--min-time", type=float, default=2.0, metavar="S",
-        help="seconds of timed calls per engine and batch (default 2)")
-    arg("--max-iters", type=int, default=1000, metavar="N",
-        help="timed calls per engine and batch, at most (default 1000)")
-    arg("--rounds", type=int, default=10, metavar="N",
-        help="interleaved rounds per batch; every engine runs once a round at least (default 10)")
-    arg("--task", choices=["auto", "classify", "embed"], default="auto",
-        help="agreement as top-1 (classify) or cosine (embed); auto: classify for (batch, C)")
+    arg(
+        "--peers",
+        default="ort,openvino",
+        metavar="ort,openvino",
+        help="peers to compare with, or 'none' (default ort,openvino)",
+    )
+    arg(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads for every engine (default: the CPUs this process may use)",
+    )
+    arg(
+        "--precision",
+        choices=["fp32", "bf16", "int8"],
+        default="fp32",
+        help="what peers run; ember runs fp32 whatever this says, and the report says so",
+    )
+    arg(
+        "--min-time",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds of timed calls per engine and batch (default 2)",
+    )
+    arg(
+        "--max-iters",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="timed calls per engine and batch, at most (default 1000)",
+    )
+    arg(
+        "--rounds",
+        type=int,
+        default=10,
+        metavar="N",
+        help="interleaved rounds per batch; every engine runs once a round at least (default 10)",
+    )
+    arg(
+        "--task",
+        choices=["auto", "classify", "embed"],
+        default="auto",
+        help="agreement as top-1 (classify) or cosine (embed); auto: classify for (batch, C)",
+    )
     arg("--dim", action="append", default=[], metavar="NAME=SIZE", help="bind a symbolic dim")
     arg("--seed", type=int, default=0, help="seed of the random inputs")
     arg("--json", metavar="OUT.json", help="write the JSON report (python -m ember.bench.schema)")

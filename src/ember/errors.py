@@ -11,7 +11,7 @@ class EmberError(Exception):
 
 
 class ModelError(EmberError):
-    """The model file or graph is malformed: unreadable file, cycle, dangling input, bad attribute."""
+    """The model file or graph is malformed: unreadable file, cycle, dangling input, bad data."""
 
 
 class InputError(EmberError):

@@ -7,18 +7,24 @@ import onnx
 import onnx.parser
 import onnx_ir as ir
 import pytest
+from tests.models import mlp, mlp_reference
 
 import ember
 from ember.errors import ModelError
 from ember.ir import infer_shapes, load_model, save_model
-from tests.models import mlp, mlp_reference
 
 
 def test_external_data_is_found_next_to_the_file(tmp_path) -> None:
     proto = mlp()
     path = tmp_path / "ext.onnx"
-    onnx.save(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
-              location="ext.weights", size_threshold=0)
+    onnx.save(
+        proto,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.weights",
+        size_threshold=0,
+    )
     assert (tmp_path / "ext.weights").exists()
     x = np.ones((2, 4), np.float32)
     np.testing.assert_allclose(ember.load(path).run({"x": x})["y"], mlp_reference(x), rtol=1e-6)
@@ -28,7 +34,7 @@ def test_missing_external_data_file_is_named(tmp_path) -> None:
     path = tmp_path / "ext.onnx"
     onnx.save(mlp(), path, save_as_external_data=True, location="w.bin", size_threshold=0)
     (tmp_path / "w.bin").unlink()
-    with pytest.raises(ModelError, match="external file 'w.bin', which is missing"):
+    with pytest.raises(ModelError, match=r"external file 'w\.bin', which is missing"):
         ember.load(path)
 
 
@@ -61,7 +67,9 @@ def test_truncated_file(tmp_path) -> None:
     path = tmp_path / "cut.onnx"
     data = mlp().SerializeToString()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ModelError, match=r"cut\.onnx: not a valid ONNX file .* truncated or corrupt"):
+    with pytest.raises(
+        ModelError, match=r"cut\.onnx: not a valid ONNX file .* truncated or corrupt"
+    ):
         ember.load(path)
 
 

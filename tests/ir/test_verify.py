@@ -25,11 +25,13 @@ def model_of(nodes, inputs=("x",), outputs=("y",), opset=17, domains=()):
 
 
 def test_cycle() -> None:
-    m = model_of([
-        h.make_node("Relu", ["b"], ["a"], name="n1"),
-        h.make_node("Relu", ["a"], ["b"], name="n2"),
-        h.make_node("Add", ["a", "x"], ["y"], name="n3"),
-    ])
+    m = model_of(
+        [
+            h.make_node("Relu", ["b"], ["a"], name="n1"),
+            h.make_node("Relu", ["a"], ["b"], name="n2"),
+            h.make_node("Add", ["a", "x"], ["y"], name="n3"),
+        ]
+    )
     with pytest.raises(ModelError, match=r"graph 'g' has a cycle: .*node 'n1' \(Relu\)") as e:
         ember.load(m)
     assert "\n" not in str(e.value)
@@ -42,8 +44,12 @@ def test_dangling_input() -> None:
 
 
 def test_value_produced_twice() -> None:
-    m = model_of([h.make_node("Relu", ["x"], ["y"], name="r1"), h.make_node("Neg", ["x"], ["y"], name="r2")])
-    with pytest.raises(ModelError, match=r"Output 'y' is redeclared .* by operator 'Neg' of node 'r2'"):
+    m = model_of(
+        [h.make_node("Relu", ["x"], ["y"], name="r1"), h.make_node("Neg", ["x"], ["y"], name="r2")]
+    )
+    with pytest.raises(
+        ModelError, match=r"Output 'y' is redeclared .* by operator 'Neg' of node 'r2'"
+    ):
         ember.load(m)
 
 
@@ -55,7 +61,10 @@ def test_graph_output_never_produced() -> None:
 
 def test_domain_without_opset_import() -> None:
     m = model_of([h.make_node("Frob", ["x"], ["y"], name="f", domain="com.acme")])
-    with pytest.raises(ModelError, match=r"node 'f' \(com.acme::Frob\) uses domain 'com.acme', which the model does not import"):
+    with pytest.raises(
+        ModelError,
+        match=r"node 'f' \(com.acme::Frob\) uses domain 'com.acme', which the model does not",
+    ):
         ember.load(m)
 
 
@@ -66,7 +75,12 @@ def test_unnamed_node_is_named_by_position() -> None:
 
 
 def test_out_of_order_nodes_are_sorted() -> None:
-    m = model_of([h.make_node("Neg", ["t"], ["y"], name="second"), h.make_node("Relu", ["x"], ["t"], name="first")])
+    m = model_of(
+        [
+            h.make_node("Neg", ["t"], ["y"], name="second"),
+            h.make_node("Relu", ["x"], ["t"], name="first"),
+        ]
+    )
     order = topological_order(load_model(m).graph)
     assert [n.name for n in order] == ["first", "second"]
 

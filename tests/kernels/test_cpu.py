@@ -39,8 +39,13 @@ def test_bias_relu_non_contiguous() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=40),
-                  elements=st.floats(-1e6, 1e6, width=32)))
+@given(
+    hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=1, max_dims=3, max_side=40),
+        elements=st.floats(-1e6, 1e6, width=32),
+    )
+)
 def test_bias_relu_matches_reference(x) -> None:
     bias = np.arange(x.shape[-1], dtype=np.float32) - x.shape[-1] / 2
     np.testing.assert_array_equal(cpu.bias_relu(x, bias), reference(x, bias))

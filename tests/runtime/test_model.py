@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import onnx.parser
 import pytest
+from tests.models import mlp, mlp_reference
 
 import ember
 from ember.errors import InputError
-from tests.models import mlp, mlp_reference
 
 
 def x_of(batch: int) -> np.ndarray:
@@ -24,7 +24,9 @@ def test_load_every_source(source: str, tmp_path) -> None:
     proto = mlp()
     path = tmp_path / "mlp.onnx"
     onnx.save(proto, path)
-    arg = {"path": path, "str": str(path), "bytes": proto.SerializeToString(), "proto": proto}[source]
+    arg = {"path": path, "str": str(path), "bytes": proto.SerializeToString(), "proto": proto}[
+        source
+    ]
     model = ember.load(arg)
     x = x_of(3)
     np.testing.assert_allclose(model.run({"x": x})["y"], mlp_reference(x), rtol=1e-6)
@@ -84,10 +86,19 @@ def test_run_from_many_threads() -> None:
 # Each bad input gets one clear line naming the problem: (inputs, words the user must read).
 BAD_INPUTS = [
     ({}, "missing input 'x' (expected x: float32[batch, 4])"),
-    ({"x": x_of(1), "extra": x_of(1)}, "unknown input 'extra'; the model takes: x: float32[batch, 4]"),
+    (
+        {"x": x_of(1), "extra": x_of(1)},
+        "unknown input 'extra'; the model takes: x: float32[batch, 4]",
+    ),
     ({"x": x_of(1).astype(np.float64)}, "input 'x': expected dtype float32, got float64"),
-    ({"x": np.zeros((1, 1, 4), np.float32)}, "input 'x': expected rank 2 (shape ['batch', 4]), got rank 3"),
-    ({"x": np.zeros((2, 5), np.float32)}, "input 'x': expected shape ['batch', 4], got [2, 5] (axis 1 must be 4, got 5)"),
+    (
+        {"x": np.zeros((1, 1, 4), np.float32)},
+        "input 'x': expected rank 2 (shape ['batch', 4]), got rank 3",
+    ),
+    (
+        {"x": np.zeros((2, 5), np.float32)},
+        "input 'x': expected shape ['batch', 4], got [2, 5] (axis 1 must be 4, got 5)",
+    ),
     ({"x": "not an array"}, "input 'x': expected a NumPy array, got str"),
 ]
 
@@ -108,7 +119,9 @@ def test_symbolic_dims_must_agree_across_inputs() -> None:
     )
     ok = model.run({"a": np.ones((2, 3), np.float32), "b": np.ones((2, 3), np.float32)})
     assert ok["c"].shape == (2, 3)
-    with pytest.raises(InputError, match="input 'b': axis 0 is dim 'N' = 5, but input 'a' axis 0 set 'N' = 2"):
+    with pytest.raises(
+        InputError, match="input 'b': axis 0 is dim 'N' = 5, but input 'a' axis 0 set 'N' = 2"
+    ):
         model.run({"a": np.ones((2, 3), np.float32), "b": np.ones((5, 3), np.float32)})
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx.parser
 import pytest
+from tests.models import mlp
 
 import ember
 from ember.errors import ExecutionError, UnsupportedError
-from tests.models import mlp
 
 
 def test_intermediates_are_freed_after_their_last_use() -> None:
@@ -62,4 +62,6 @@ def test_unknown_attribute_is_unsupported_not_ignored() -> None:
     text = """<ir_version: 8, opset_import: ["" : 17]>
     g (float[2] x) => (float[2] y) { y = Relu <bogus = 1> (x) }"""
     with pytest.raises(UnsupportedError, match="attribute 'bogus' is not supported"):
-        ember.load(onnx.parser.parse_model(text), )
+        ember.load(
+            onnx.parser.parse_model(text),
+        )

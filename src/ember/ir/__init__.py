@@ -8,4 +8,10 @@ from ember.ir.verify import describe, topological_order, verify
 
 __all__ = [
     "ModelSource",
-    "describe", "infer_shapes", "load_model", "save_model", "topological_order", "verify"]
+    "describe",
+    "infer_shapes",
+    "load_model",
+    "save_model",
+    "topological_order",
+    "verify",
+]

@@ -58,7 +58,7 @@ def _params(model: ir.Model) -> tuple[int, int]:
 
 
 def _bind_dims(model: ir.Model, dims: Mapping[str, int]) -> tuple[ir.Model, dict[str, int]]:
-    """A copy of `model` whose graph inputs have concrete shapes: symbolic dims from `dims`, else 1."""
+    """A copy of `model` with concrete input shapes: symbolic dims from `dims`, else 1."""
     copy = ir.from_proto(ir.to_proto(model))
     used: dict[str, int] = {}
     for v in copy.graph.inputs:
@@ -112,8 +112,23 @@ def _node_flops(n: ir.Node) -> int:
         return 2 * x * math.prod(w[1:])  # each input pixel scatters into (M/groups) * taps
     if t in ("Einsum", "Attention", "LSTM", "GRU", "RNN", "Loop", "Scan", "If"):
         return 0  # data-dependent or structural: not estimated
-    if t in ("Shape", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Constant",
-             "Transpose", "Concat", "Split", "Slice", "Gather", "Expand", "Cast", "Dropout"):
+    if t in (
+        "Shape",
+        "Reshape",
+        "Squeeze",
+        "Unsqueeze",
+        "Flatten",
+        "Identity",
+        "Constant",
+        "Transpose",
+        "Concat",
+        "Split",
+        "Slice",
+        "Gather",
+        "Expand",
+        "Cast",
+        "Dropout",
+    ):
         return 0  # data movement, no arithmetic
     return out  # elementwise, normalization, pooling...: about one op per output element
 
@@ -123,7 +138,9 @@ def _attr(n: ir.Node, name: str) -> int:
     return int(a.value) if a is not None else 0
 
 
-def estimate_flops(model: ir.Model, dims: Mapping[str, int] | None = None) -> tuple[int | None, dict[str, int]]:
+def estimate_flops(
+    model: ir.Model, dims: Mapping[str, int] | None = None
+) -> tuple[int | None, dict[str, int]]:
     """FLOPs of one run with symbolic dims bound by `dims` (default 1), and the binding used."""
     bound, used = _bind_dims(model, dims or {})
     try:

@@ -92,7 +92,9 @@ def _densify_sparse_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
         flat = indices if indices.ndim == 1 else np.ravel_multi_index(indices.T, dims)
         dense[flat] = values
         name = "value" if attr.name == "sparse_value" else attr.name
-        attr.CopyFrom(onnx.helper.make_attribute(name, onnx.numpy_helper.from_array(dense.reshape(dims))))
+        attr.CopyFrom(
+            onnx.helper.make_attribute(name, onnx.numpy_helper.from_array(dense.reshape(dims)))
+        )
     return proto
 
 
@@ -133,7 +135,9 @@ def _initializer_tensors(model: ir.Model) -> list[Any]:
     return tensors
 
 
-def save_model(model: ir.Model, path: str | os.PathLike[str], *, external_data: bool | None = None) -> None:
+def save_model(
+    model: ir.Model, path: str | os.PathLike[str], *, external_data: bool | None = None
+) -> None:
     """Save `model` to `path` atomically (never a half-written file).
 
     Large models (over 1.8 GiB of weights, below protobuf's 2 GiB limit) store weights in
@@ -160,7 +164,7 @@ def save_model(model: ir.Model, path: str | os.PathLike[str], *, external_data: 
 def infer_shapes(model: ir.Model) -> ir.Model:
     """Fill in types and shapes of every value, keeping symbolic dims (`batch`, `seq`) by name.
 
-    Uses ONNX's own shape inference with data propagation; values it cannot infer keep what they had.
+    Uses ONNX's shape inference with data propagation; values it cannot infer keep what they had.
     """
     ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
     return model

@@ -82,7 +82,9 @@ def topological_order(graph: ir.Graph) -> list[ir.Node]:
     return order
 
 
-def verify_graph(graph: ir.Graph, opsets: dict[str, int], outer: frozenset[ir.Value] = frozenset()) -> None:
+def verify_graph(
+    graph: ir.Graph, opsets: dict[str, int], outer: frozenset[ir.Value] = frozenset()
+) -> None:
     """Raise ModelError for the first structural problem found in `graph` or its subgraphs."""
     available = set(outer) | set(graph.inputs) | set(graph.initializers.values())
     producers: dict[str, ir.Node] = {}
@@ -99,7 +101,9 @@ def verify_graph(graph: ir.Graph, opsets: dict[str, int], outer: frozenset[ir.Va
             available.add(v)
     for v in graph.inputs:
         if v.name in producers:
-            raise ModelError(f"graph input {v.name!r} is also produced by {describe(producers[v.name])}")
+            raise ModelError(
+                f"graph input {v.name!r} is also produced by {describe(producers[v.name])}"
+            )
     for n in graph:
         if (n.domain or "") not in opsets and not (n.domain == "ai.onnx" and "" in opsets):
             raise ModelError(
@@ -109,8 +113,8 @@ def verify_graph(graph: ir.Graph, opsets: dict[str, int], outer: frozenset[ir.Va
         for i, maybe_v in enumerate(n.inputs):
             if maybe_v is not None and maybe_v.name and maybe_v not in available:
                 raise ModelError(
-                    f"{describe(n)} input {i} {maybe_v.name!r} is not produced by any node, graph input, "
-                    "initializer or enclosing graph"
+                    f"{describe(n)} input {i} {maybe_v.name!r} is not produced by any node, "
+                    "graph input, initializer or enclosing graph"
                 )
     for v in graph.outputs:
         if v not in available:

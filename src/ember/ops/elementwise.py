@@ -273,8 +273,6 @@ def Erf_9(input):
     return _float_math("Erf", lambda w: erf(w.astype(np.float64)), input)
 
 
-
-
 @op
 def IsNaN_9(X):
     return np.isnan(X.astype(np.float32) if X.dtype in _ML_FLOATS else X)

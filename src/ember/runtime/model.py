@@ -1,4 +1,4 @@
-"""The user-facing Model: a loaded graph plus compiled Plans, with inputs checked against the signature.
+"""The user-facing Model: a loaded graph plus compiled Plans, inputs checked against its signature.
 
 `ember.load(...)` returns one. It knows nothing about where requests come from.
 """
@@ -29,7 +29,11 @@ class TensorSpec:
     shape: tuple[Dim, ...] | None  # None: rank unknown
 
     def __str__(self) -> str:
-        dims = "?" if self.shape is None else "[" + ", ".join(str(d) if d is not None else "?" for d in self.shape) + "]"
+        dims = (
+            "?"
+            if self.shape is None
+            else "[" + ", ".join(str(d) if d is not None else "?" for d in self.shape) + "]"
+        )
         return f"{self.name}: {self.dtype if self.dtype is not None else '?'}{dims}"
 
 
@@ -94,7 +98,9 @@ class Model:
             with self._lock:
                 plan = self._plans.get(key)
                 if plan is None:
-                    plan = compile_graph(self.ir.graph, self.opsets, exact=self.exact, outputs=wanted)
+                    plan = compile_graph(
+                        self.ir.graph, self.opsets, exact=self.exact, outputs=wanted
+                    )
                     self._plans[key] = plan
         return plan
 
@@ -144,7 +150,9 @@ class Model:
                     raise InputError(
                         f"input {spec.name!r}: expected a NumPy array, got {type(value).__name__}"
                     )
-            if value.dtype != spec.dtype and not (spec.dtype.kind in "OUS" and value.dtype.kind in "OUS"):
+            if value.dtype != spec.dtype and not (
+                spec.dtype.kind in "OUS" and value.dtype.kind in "OUS"
+            ):
                 raise InputError(
                     f"input {spec.name!r}: expected dtype {spec.dtype}, got {value.dtype}; "
                     f"convert it with .astype(np.{spec.dtype})"
@@ -153,7 +161,8 @@ class Model:
                 if value.ndim != len(spec.shape):
                     raise InputError(
                         f"input {spec.name!r}: expected rank {len(spec.shape)} "
-                        f"(shape {list(spec.shape)}), got rank {value.ndim} (shape {list(value.shape)})"
+                        f"(shape {list(spec.shape)}), got rank {value.ndim} "
+                        f"(shape {list(value.shape)})"
                     )
                 for axis, (want, got) in enumerate(zip(spec.shape, value.shape, strict=True)):
                     if isinstance(want, int) and want != got:

@@ -31,7 +31,9 @@ class Step:
     outputs: tuple[int | None, ...]  # slot per node output; None = output nobody reads
     attrs: Mapping[str, Any]
     subplans: Mapping[str, Plan]  # graph attributes
-    subplan_reads: Mapping[str, tuple[int, ...]]  # per subplan: slots here of its captures, in order
+    subplan_reads: Mapping[
+        str, tuple[int, ...]
+    ]  # per subplan: slots here of its captures, in order
     frees: tuple[int, ...]  # slots last read by this step
     fallback: bool  # runs through onnx.reference, not an ember op
 
@@ -73,7 +75,9 @@ class Plan:
             kwargs = dict(step.attrs)
             for name, sub in step.subplans.items():
                 reads = step.subplan_reads[name]
-                kwargs[name] = Subgraph(sub, {v: env[r] for (v, _), r in zip(sub.captures, reads)})
+                kwargs[name] = Subgraph(
+                    sub, {v: env[r] for (v, _), r in zip(sub.captures, reads, strict=True)}
+                )
             try:
                 result = step.fn(*args, **kwargs)
             except EmberError:
