@@ -457,3 +457,11 @@ def test_lp_normalized_slices_have_unit_norm(x) -> None:
     nonzero = np.linalg.norm(x, axis=-1) > 0
     np.testing.assert_allclose(n[nonzero], 1, rtol=1e-12)
     assert (n[~nonzero] == 0).all()
+
+
+def test_lp_normalization_survives_tiny_and_huge_values() -> None:
+    # Squaring 1e-162 underflows and 1e200 overflows; the norm must not.
+    np.testing.assert_allclose(LpNormalization(np.array([9.07e-162]), axis=-1, p=2), [1.0])
+    np.testing.assert_allclose(
+        LpNormalization(np.array([3e200, 4e200]), axis=-1, p=2), [0.6, 0.8], rtol=1e-15
+    )

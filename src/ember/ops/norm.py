@@ -383,12 +383,17 @@ def LpNormalization(input, *, axis=-1, p=2, ctx=None):
     axis = normalize_axis(axis, input.ndim)
     dt = _stat_dtype(ctx, input.dtype)
     x = input.astype(dt)
-    if p == 1:
-        norm = np.abs(x).sum(axis=axis, keepdims=True)
-    else:
-        norm = np.sqrt(np.square(x).sum(axis=axis, keepdims=True))
+    # Divide by the slice's largest |x| first: squaring tiny (or huge) values would underflow
+    # (overflow) and lose the norm, while x / max|x| is in [-1, 1].
+    scale = np.abs(x).max(axis=axis, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        y = np.where(norm == 0, dt.type(0), x / norm)
+        u = np.where(scale == 0, dt.type(0), x / scale)
+        norm = (
+            np.abs(u).sum(axis=axis, keepdims=True)
+            if p == 1
+            else np.sqrt(np.square(u).sum(axis=axis, keepdims=True))
+        )
+        y = np.where(norm == 0, dt.type(0), u / norm)
     return y.astype(input.dtype)
 
 
