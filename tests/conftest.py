@@ -11,6 +11,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 # Derandomized: every run (and CI) draws the same examples, so a red build always reproduces.
-# To explore new examples, run pytest with --hypothesis-seed=<N> (a different seed each time).
+# To explore new examples: pytest --hypothesis-profile=default.
 settings.register_profile("ember", derandomize=True, deadline=None, print_blob=True)
 settings.load_profile("ember")
