@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,3 +59,21 @@ def infer_body(x: np.ndarray, name: str = "input", datatype: str = "FP32") -> di
 
 def digits(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 1, 8, 8)).astype(np.float32)
+
+
+def hold_batches(batcher: Any) -> threading.Event:
+    """Make `batcher` hold every batch until the returned event is set (bounded: 30 s at most), so
+    a test can fill its queue. The original runner is restored on `batcher._unheld_run`."""
+    gate = threading.Event()
+    run = batcher._run
+
+    async def held(feeds: Any) -> Any:
+        for _ in range(3000):
+            if gate.is_set():
+                break
+            await asyncio.sleep(0.01)
+        return await run(feeds)
+
+    batcher._unheld_run = run
+    batcher._run = held
+    return gate

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from serve_helpers import KEY, digits, infer_body, request
+from serve_helpers import KEY, digits, hold_batches, infer_body, request
 
 from ember.serve import ModelConfig, ServerConfig, start_in_thread
 
@@ -232,19 +232,7 @@ def test_cache_hits_skip_the_model(server):
 def test_full_queue_answers_503_at_once(server):
     endpoint = server.server.endpoints["gated"]
     batcher = endpoint.batcher
-    gate = threading.Event()
-    run = batcher._run
-
-    async def gated(feeds):
-        import asyncio
-
-        for _ in range(3000):  # bounded: 30 s at most
-            if gate.is_set():
-                break
-            await asyncio.sleep(0.01)
-        return await run(feeds)
-
-    batcher._run = gated
+    gate = hold_batches(batcher)
     results = {}
 
     def send(tag):
@@ -270,7 +258,7 @@ def test_full_queue_answers_503_at_once(server):
         gate.set()
         a.join(60)
         b.join(60)
-        batcher._run = run
+        batcher._run = batcher._unheld_run
     assert results["a"].status == results["b"].status == 200
     assert _metric(server.url, "ember_request_failures_total", model="gated", code="503") == 1
 

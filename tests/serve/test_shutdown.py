@@ -3,11 +3,10 @@ get their answers; then the server goes away."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
-from serve_helpers import digits, infer_body, request
+from serve_helpers import digits, hold_batches, infer_body, request
 
 from ember.serve import ModelConfig, ServerConfig, start_in_thread
 
@@ -20,17 +19,7 @@ def test_stop_drains_queued_and_running_requests():
     )
     s = start_in_thread(config)
     batcher = s.server.endpoints["cnn"].batcher
-    gate = threading.Event()
-    run = batcher._run
-
-    async def gated(feeds):
-        for _ in range(3000):  # bounded: 30 s at most
-            if gate.is_set():
-                break
-            await asyncio.sleep(0.01)
-        return await run(feeds)
-
-    batcher._run = gated
+    gate = hold_batches(batcher)
     results = {}
 
     def send(tag):
