@@ -186,6 +186,13 @@ def write_results(
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     loads = [d["machine"]["load_average"][0] for d in docs if d["machine"].get("load_average")]
     load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "unknown"
+    cpus = m.get("cpu_affinity")
+    busy = bool(loads) and isinstance(cpus, int) and max(loads) > cpus
+    noise = (
+        "other jobs shared this machine, so treat the numbers as noisy"
+        if busy
+        else "the machine was otherwise idle"
+    )
     text = f"""# ember benchmark results
 
 `{command}` on {m["time"][:10]}{" (quick mode)" if quick else ""}:
@@ -201,8 +208,7 @@ numbers (p90/p99, throughput, load time, peak memory, agreement) are in the JSON
 
 ember's ops are NumPy reference implementations today (the native CPU engine is a later issue),
 so ratios far below 1 are expected. The 1-minute load average during the runs was {load} on
-{m.get("cpu_affinity")} CPUs: other jobs shared this machine, so treat the numbers as noisy (the
-intervals say how noisy).
+{cpus} CPUs: {noise} (the intervals say how noisy the timings were).
 
 {table}
 """
