@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from onnx import TensorProto, helper
+from tests.ops.node import run_node
 
-import ember
 from ember.errors import ExecutionError, UnsupportedError
 from ember.ops.activation import (
     Gelu_20,
@@ -38,19 +37,6 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 
 def rand(*shape: int, dtype=np.float32, scale: float = 3.0) -> np.ndarray:
     return (RNG.standard_normal(shape) * scale).astype(dtype)
-
-
-def run_node(op_type, inputs, attrs=None, *, opset=22, exact=False):
-    """Run one node through ember.load; `inputs` is a list of (name, array)."""
-    node = helper.make_node(op_type, [n for n, _ in inputs], ["y"], **(attrs or {}))
-    vi = [
-        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-        for n, a in inputs
-    ]
-    out = [helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None)]
-    graph = helper.make_graph([node], "g", vi, out)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    return ember.load(model, exact=exact).run(dict(inputs))["y"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,28 +7,11 @@ import math
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from tests.ops.node import run_node
 
-import ember
 from ember.ops.detection import NonMaxSuppression_10, RoiAlign_10, RoiAlign_16
 
 RNG = np.random.default_rng(3)
-
-
-def run_node(op_type, inputs, attrs=None, *, opset=22):
-    """Run one node through ember.load; `inputs` is a list of (name, array) or None (omitted)."""
-    names = [i[0] if i is not None else "" for i in inputs]
-    node = helper.make_node(op_type, names, ["y"], **(attrs or {}))
-    feeds = {n: a for n, a in (i for i in inputs if i is not None)}
-    vi = [
-        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-        for n, a in feeds.items()
-    ]
-    out_vi = [helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None)]
-    model = helper.make_model(
-        helper.make_graph([node], "g", vi, out_vi), opset_imports=[helper.make_opsetid("", opset)]
-    )
-    return ember.load(model).run(feeds)["y"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper
+from tests.ops.node import run_node
 
-import ember
 from ember.errors import ExecutionError
 from ember.ops.linalg import Det_11, Einsum_12, Gemm, Gemm_7, MatMul
 from ember.ops.registry import OpContext
@@ -21,21 +20,6 @@ EXACT = OpContext(exact=True)
 
 def rand(*shape: int, dtype=np.float32) -> np.ndarray:
     return RNG.standard_normal(shape).astype(dtype)
-
-
-def run_node(op_type, inputs, attrs=None, *, opset=22, exact=False):
-    """Run one node through ember.load; `inputs` is a list of (name, array) or None (omitted)."""
-    names = [i[0] if i is not None else "" for i in inputs]
-    node = helper.make_node(op_type, names, ["y"], **(attrs or {}))
-    feeds = dict(i for i in inputs if i is not None)
-    vi = [
-        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-        for n, a in feeds.items()
-    ]
-    out_vi = [helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None)]
-    graph = helper.make_graph([node], "g", vi, out_vi)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    return ember.load(model, exact=exact).run(feeds)["y"]
 
 
 # ----------------------------------------------------------------------------------------------

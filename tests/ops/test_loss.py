@@ -9,31 +9,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper
+from tests.ops.node import run_node
 
-import ember
 from ember.errors import ExecutionError
 from ember.ops.loss import NegativeLogLikelihoodLoss_12, SoftmaxCrossEntropyLoss_12
 from ember.ops.registry import OpContext
 
 RNG = np.random.default_rng(0)
-
-
-def run_node(op_type, inputs, attrs=None, *, opset=22, exact=False, n_outputs=1):
-    """Run one node through ember.load; `inputs` is a list of (name, array) or None (omitted)."""
-    names = [i[0] if i is not None else "" for i in inputs]
-    outs = [f"y{i}" for i in range(n_outputs)]
-    node = helper.make_node(op_type, names, outs, **(attrs or {}))
-    feeds = dict(i for i in inputs if i is not None)
-    vi = [
-        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-        for n, a in feeds.items()
-    ]
-    out_vi = [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outs]
-    graph = helper.make_graph([node], "g", vi, out_vi)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    result = ember.load(model, exact=exact).run(feeds)
-    return [result[o] for o in outs] if n_outputs > 1 else result[outs[0]]
 
 
 def nll_twin(logp, target, weight, ignore_index, reduction):

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from tests.ops.node import run_node
 
 import ember
 from ember.errors import UnsupportedError
@@ -35,22 +35,6 @@ def f32(*v: float) -> np.ndarray:
 
 def i64(*v: int) -> np.ndarray:
     return np.array(v, dtype=np.int64)
-
-
-def run_node(op_type, inputs, attrs=None, *, opset=22, exact=False):
-    """Run one node through ember.load; `inputs` is a list of (name, array) or None (omitted)."""
-    names = [i[0] if i is not None else "" for i in inputs]
-    node = helper.make_node(op_type, names, ["y"], **(attrs or {}))
-    feeds = {n: a for n, a in (i for i in inputs if i is not None)}
-    vi = [
-        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-        for n, a in feeds.items()
-    ]
-    out_vi = [helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None)]
-    model = helper.make_model(
-        helper.make_graph([node], "g", vi, out_vi), opset_imports=[helper.make_opsetid("", opset)]
-    )
-    return ember.load(model, exact=exact).run(feeds)["y"]
 
 
 # ----------------------------------------------------------------------------------------------
