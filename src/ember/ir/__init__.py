@@ -4,7 +4,7 @@ Knows nothing about kernels or devices. ember has no IR of its own: it is onnx_i
 """
 
 from ember.ir.load import ModelSource, infer_shapes, load_model, save_model
-from ember.ir.verify import describe, topological_order, verify
+from ember.ir.verify import describe, subgraph_reads, topological_order, verify
 
 __all__ = [
     "ModelSource",
@@ -12,6 +12,7 @@ __all__ = [
     "infer_shapes",
     "load_model",
     "save_model",
+    "subgraph_reads",
     "topological_order",
     "verify",
 ]

@@ -24,7 +24,7 @@ def describe(node: ir.Node) -> str:
     return f"unnamed node #{index} ({kind})" if index is not None else f"unnamed node ({kind})"
 
 
-def _subgraph_reads(node: ir.Node) -> list[ir.Value]:
+def subgraph_reads(node: ir.Node) -> list[ir.Value]:
     """Values that a node's subgraphs read from enclosing scopes (a hidden input of the node)."""
     reads: list[ir.Value] = []
     for attr in node.attributes.values():
@@ -38,7 +38,7 @@ def _subgraph_reads(node: ir.Node) -> list[ir.Value]:
             for n in g:
                 own.update(n.outputs)
             for n in g:
-                for v in list(n.inputs) + _subgraph_reads(n):
+                for v in list(n.inputs) + subgraph_reads(n):
                     if v is not None and v.name and v not in own:
                         reads.append(v)
     return reads
@@ -53,7 +53,7 @@ def topological_order(graph: ir.Graph) -> list[ir.Node]:
     index = {n: i for i, n in enumerate(nodes)}
     deps: list[set[int]] = []
     for n in nodes:
-        producers = (v.producer() for v in list(n.inputs) + _subgraph_reads(n) if v is not None)
+        producers = (v.producer() for v in list(n.inputs) + subgraph_reads(n) if v is not None)
         deps.append({index[p] for p in producers if p is not None and p in index})
     if all(j < i for i, d in enumerate(deps) for j in d):
         return nodes

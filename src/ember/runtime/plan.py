@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from ember import flags
 from ember.errors import EmberError, ExecutionError, UnsupportedError
-from ember.ir.verify import describe, topological_order
+from ember.ir.verify import describe, subgraph_reads, topological_order
 from ember.ops import registry
 from ember.ops.registry import OpContext
 
@@ -177,7 +177,9 @@ def compile_graph(
         subplans: dict[str, Plan] = {}
         for name, attr in node.attributes.items():
             if attr.type == ir.AttributeType.GRAPH:
-                subplans[name] = _compile_subgraph(attr.value, opsets, exact, allow_fallback)
+                subplans[name] = compile_graph(
+                    attr.value, opsets, exact=exact, allow_fallback=allow_fallback
+                )
         for sub in subplans.values():
             for v, _ in sub.captures:
                 if v not in produced and v not in slots:
@@ -248,12 +250,6 @@ def compile_graph(
     )
 
 
-def _compile_subgraph(
-    graph: ir.Graph, opsets: Mapping[str, int], exact: bool, allow_fallback: bool
-) -> Plan:
-    return compile_graph(graph, opsets, exact=exact, allow_fallback=allow_fallback)
-
-
 def _needed_nodes(graph: ir.Graph, wanted: Sequence[ir.Value]) -> list[ir.Node]:
     """Nodes in topological order, dropping those that no wanted value depends on."""
     order = topological_order(graph)
@@ -264,31 +260,10 @@ def _needed_nodes(graph: ir.Graph, wanted: Sequence[ir.Value]) -> list[ir.Node]:
         if n is None or n in needed or n.graph is not graph:
             continue
         needed.add(n)
-        for v in n.inputs:
+        for v in list(n.inputs) + subgraph_reads(n):
             if v is not None and v.producer() is not None:
                 stack.append(v.producer())
-        for attr in n.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                for v in _graph_captures(attr.value):
-                    if v.producer() is not None:
-                        stack.append(v.producer())
     return [n for n in order if n in needed]
-
-
-def _graph_captures(graph: ir.Graph) -> list[ir.Value]:
-    """Values a subgraph (or its own subgraphs) reads from an enclosing scope."""
-    own = set(graph.inputs) | set(graph.initializers.values())
-    for n in graph:
-        own.update(n.outputs)
-    out = []
-    for n in graph:
-        for v in n.inputs:
-            if v is not None and v.name and v not in own:
-                out.append(v)
-        for attr in n.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                out.extend(v for v in _graph_captures(attr.value) if v not in own)
-    return out
 
 
 def _bind_op(
