@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The native extension is rebuilt whenever its sources or the build description change.
+# What the native build needs in the venv (the install runs without build isolation).
+BUILD_DEPS := "scikit-build-core>=0.10" "nanobind>=2.4" "onednn-devel-cpu-gomp==2023.2.0"
 NATIVE_SRC := pyproject.toml CMakeLists.txt $(wildcard src/ember/kernels/cpu/csrc/*)
 
 .PHONY: demo test lint install install-test clean
@@ -13,13 +15,13 @@ $(BIN)/python:
 
 # Install: ember and its benchmark peers (onnxruntime, openvino), which the demo compares against.
 $(VENV)/.installed: $(BIN)/python $(NATIVE_SRC)
-	$(BIN)/pip install --quiet "scikit-build-core>=0.10" "nanobind>=2.4"
+	$(BIN)/pip install --quiet $(BUILD_DEPS)
 	$(BIN)/pip install --quiet --no-build-isolation --editable ".[bench]"
 	touch $@
 
 # Test install: the dev tools, the CPU build of torch and the models the tests use.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install --quiet "scikit-build-core>=0.10" "nanobind>=2.4"
+	$(BIN)/pip install --quiet $(BUILD_DEPS)
 	$(BIN)/pip install --quiet --no-build-isolation --editable ".[dev,zoo,torch,test,bench,serve,ray]"
 	touch $@
 

@@ -4,3 +4,84 @@ import numpy as np
 def cpu_info() -> dict[str, bool]: ...
 def bias_relu_isa() -> str: ...
 def bias_relu(x: np.ndarray, bias: np.ndarray | None, y: np.ndarray) -> None: ...
+
+# --- math ---
+def set_math_isa(name: str) -> None: ...
+def math_isa() -> str: ...
+def softmax(x: np.ndarray, out: np.ndarray) -> None: ...
+def layer_norm(
+    x: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray | None,
+    epsilon: float,
+    out: np.ndarray,
+    residual: np.ndarray | None = None,
+    sum: np.ndarray | None = None,
+) -> None: ...
+def gelu(
+    x: np.ndarray, bias: np.ndarray | None, out: np.ndarray, approximate: str = "none"
+) -> None: ...
+def attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray | None,
+    num_heads: int,
+    scale: float,
+    out: np.ndarray,
+) -> None: ...
+
+# --- dnnl ---
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def bf16_native() -> bool: ...
+
+class Conv:
+    def __init__(
+        self,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        strides: list[int],
+        pads: list[int],
+        dilations: list[int],
+        group: int,
+        channels_last: bool,
+        activation: str,
+        activation_params: list[float],
+        bf16: bool,
+    ) -> None: ...
+    def __call__(
+        self, x: np.ndarray, z: np.ndarray | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray: ...
+    def implementations(self) -> list[str]: ...
+
+class MatMul:
+    def __init__(
+        self,
+        b: np.ndarray,
+        bias: np.ndarray | None,
+        trans_b: bool,
+        activation: str,
+        activation_params: list[float],
+        alpha: float,
+        bf16: bool,
+    ) -> None: ...
+    def __call__(self, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+    def implementations(self) -> list[str]: ...
+
+def matmul(
+    a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, alpha: float = 1.0
+) -> np.ndarray: ...
+def pool(
+    x: np.ndarray,
+    kind: int,
+    kernel_shape: list[int],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    ceil_mode: bool,
+    channels_last: bool,
+    out: np.ndarray | None = None,
+) -> np.ndarray: ...
+def to_channels_last(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+def to_channels_first(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...

@@ -6,9 +6,32 @@ matches the reference op in ember.ops exactly for the dtypes it claims.
 
 from __future__ import annotations
 
+import ctypes
+import sys
+from pathlib import Path
+
 import numpy as np
 
-import ember._C as _C
+
+def _preload_onednn() -> None:
+    """Load libdnnl.so.3 (pip package onednn-cpu-gomp) before ember._C needs it.
+
+    _C's rpath finds it in a venv's lib/; this also covers --user and --target installs, where
+    the library sits under a prefix that site-packages implies.
+    """
+    prefixes = [Path(sys.prefix)] + [
+        Path(p).parents[2] for p in sys.path if p.endswith("site-packages")
+    ]
+    for prefix in prefixes:
+        lib = prefix / "lib" / "libdnnl.so.3"
+        if lib.exists():
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+            return
+
+
+_preload_onednn()
+
+import ember._C as _C  # noqa: E402  (after the preload above)
 
 
 def cpu_info() -> dict[str, bool]:

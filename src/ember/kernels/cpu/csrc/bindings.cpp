@@ -1,9 +1,11 @@
-// The one Python binding file of ember._C: thin wrappers that check shapes and call the kernels.
+// The root of ember._C: CPU features and the first kernel here; each kernel family binds itself
+// (bindings.h). Wrappers check shapes and release the GIL around the work.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
 #include <string>
 
+#include "bindings.h"
 #include "cpu_info.h"
 #include "elementwise.h"
 
@@ -51,4 +53,7 @@ NB_MODULE(_C, m) {
       },
       "x"_a, "bias"_a.none(), "y"_a,
       "y = max(x + bias, 0) over the last axis (bias broadcast along it); x, y float32, C-contiguous.");
+
+  ember::bind_dnnl(m);
+  ember::bind_math(m);
 }

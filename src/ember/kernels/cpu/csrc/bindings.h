@@ -1,0 +1,8 @@
+// Each kernel family binds its own functions into ember._C; bindings.cpp calls them in turn.
+#pragma once
+#include <nanobind/nanobind.h>
+
+namespace ember {
+void bind_dnnl(nanobind::module_& m);  // dnnl_ops.cpp: oneDNN conv, matmul, pooling, reorders
+void bind_math(nanobind::module_& m);  // math_ops.cpp: ember's own softmax, LayerNorm, GELU, attention
+}  // namespace ember
