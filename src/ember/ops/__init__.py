@@ -12,6 +12,7 @@ from ember.ops import (  # noqa: F401  (imported to register their ops)
     conv,
     detection,
     elementwise,
+    fused,
     generate,
     index,
     linalg,

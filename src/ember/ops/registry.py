@@ -43,6 +43,9 @@ class OpRecord:
     accepts_any_attribute: bool  # the function takes **attrs
 
 
+#: ember's own ops: what graph passes fuse ONNX subgraphs into (ember.ops.fused defines them).
+EMBER_DOMAIN = "ai.ember"
+
 _REGISTRY: dict[tuple[str, str], list[OpRecord]] = {}
 
 
