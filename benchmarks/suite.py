@@ -3,6 +3,7 @@
     python benchmarks/suite.py            # full: writes benchmarks/RESULTS.md (minutes)
     python benchmarks/suite.py --quick    # batch 1, short timings: prints the table only
     python benchmarks/suite.py --models digits_cnn,resnet18 --min-time 1
+    python benchmarks/suite.py --precision bf16 --models resnet18,minilm_l6 --out RESULTS-bf16.md
 
 Models: the zoo MLP and CNN (with their real held-out digits), ResNet-18 and MobileNetV2 (defined in
 torch_models.py, seeded weights, random 224x224 images), and all-MiniLM-L6-v2 at sequence length 128
@@ -35,7 +36,7 @@ class Case:
     name: str
     batches: tuple[int, ...]
     quick_batches: tuple[int, ...]
-    heavy: bool  # ember's NumPy reference ops take seconds per call: fewer rounds and calls
+    heavy: bool  # a call takes tens to hundreds of ms at batch 32: fewer rounds and calls
     task: str
     prepare: Callable[[Path], dict[str, Any]]  # cache dir -> ember.bench keyword arguments
 
@@ -91,9 +92,9 @@ def minilm_case(cache: Path) -> dict[str, Any]:
 CASES = [
     Case("mnist_mlp", (1, 8, 32), (1,), False, "classify", zoo_case("mnist_mlp")),
     Case("digits_cnn", (1, 8, 32), (1,), False, "classify", zoo_case("digits_cnn")),
-    Case("resnet18", (1, 8), (1,), True, "classify", vision_case("resnet18")),
-    Case("mobilenet_v2", (1, 8), (1,), True, "classify", vision_case("mobilenet_v2")),
-    Case("minilm_l6", (1, 8), (1,), True, "embed", minilm_case),
+    Case("resnet18", (1, 32), (1,), True, "classify", vision_case("resnet18")),
+    Case("mobilenet_v2", (1, 32), (1,), True, "classify", vision_case("mobilenet_v2")),
+    Case("minilm_l6", (1, 32), (1,), True, "embed", minilm_case),
 ]
 REQUIRES = {
     "resnet18": ("torch",),
@@ -148,6 +149,11 @@ def _agreement(row: dict[str, Any]) -> str:
 
 def ratio_table(docs: list[dict[str, Any]]) -> str:
     """Markdown: one row per model and batch; ember's median latency, then ember/peer speed."""
+    bf16 = any(e["name"] == "openvino-bf16" for d in docs for e in d["engines"])
+    columns = [
+        ("openvino-bf16", "OpenVINO bf16") if k == "openvino" and bf16 else (k, t)
+        for k, t in COLUMNS
+    ]
     ov_ran = {e["precision_ran"] for d in docs for e in d["engines"] if e["name"] == "openvino"}
     ov_label = (
         f"OpenVINO default ({', '.join(sorted(x for x in ov_ran if x))})"
@@ -158,7 +164,7 @@ def ratio_table(docs: list[dict[str, Any]]) -> str:
         "model",
         "batch",
         "ember ms",
-        *(ov_label if k == "openvino" else t for k, t in COLUMNS),
+        *(ov_label if k == "openvino" else t for k, t in columns),
         "ember vs exact mode",
     ]
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * len(heads)) + "|"]
@@ -170,7 +176,7 @@ def ratio_table(docs: list[dict[str, Any]]) -> str:
                 doc["model"]["name"],
                 str(batch),
                 ms,
-                *(_ratio_cell(doc, k, batch) for k, _ in COLUMNS),
+                *(_ratio_cell(doc, k, batch) for k, _ in columns),
                 _agreement(row),
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -206,9 +212,9 @@ OpenVINO runs twice: with an f32 precision hint (the fp32 comparison) and at its
 Every engine's outputs were compared with ember's exact mode (float64 accumulation); the per-engine
 numbers (p90/p99, throughput, load time, peak memory, agreement) are in the JSON and HTML reports.
 
-ember's ops are NumPy reference implementations today (the native CPU engine is a later issue),
-so ratios far below 1 are expected. The 1-minute load average during the runs was {load} on
-{cpus} CPUs: {noise} (the intervals say how noisy the timings were).
+ember ran {cfg["precision"]} on its native CPU engine (optimization level 3, oneDNN and ember's
+own kernels, arena memory). The 1-minute load average during the runs was {load} on {cpus} CPUs:
+{noise} (the intervals say how noisy the timings were).
 
 {table}
 """
@@ -227,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of {', '.join(c.name for c in CASES)}",
     )
     p.add_argument("--threads", type=int, default=default_threads())
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: ember and OpenVINO run bf16 (ONNX Runtime's CPU provider stays fp32)",
+    )
     p.add_argument("--min-time", type=float, default=None, help="seconds per engine and batch")
     p.add_argument(
         "--out",
@@ -282,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             name=case.name,
             batches=case.quick_batches if args.quick else case.batches,
             threads=args.threads,
+            precision=args.precision,
             task=case.task,
             **timing,
             json=reports / f"{case.name}.json",

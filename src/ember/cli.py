@@ -2,6 +2,7 @@
 
 ember inspect model.onnx
 ember run model.onnx --random --batch 8
+ember profile model.onnx --batch 1
 ember bench model.onnx --batch 1,8,32 --peers ort,openvino --json out.json --html out.html
 """
 
@@ -189,15 +190,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     import ember
 
     console = _console()
-    if bool(args.input) == bool(args.random):
-        raise ConfigError("give either --input NAME=FILE.npy (once per input) or --random")
-    model = ember.load(args.model, exact=args.exact)
-    dims = _parse_dims(args.dim)
-    feeds = (
-        _random_inputs(model, args.batch, dims, args.seed)
-        if args.random
-        else _load_inputs(args.input)
+    model = ember.load(
+        args.model,
+        exact=args.exact,
+        level=args.level,
+        threads=args.threads,
+        precision=args.precision,
     )
+    feeds = _feeds(model, args)
     start = time.perf_counter()
     outputs = model.run(feeds)
     elapsed = time.perf_counter() - start
@@ -215,6 +215,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else Path(Path(args.model).stem + ".outputs.npz")
     save_npz(out, {k: np.asarray(v) for k, v in outputs.items()})
     console.print(f"ran in {elapsed * 1e3:.2f} ms; outputs saved to {out}")
+    return 0
+
+
+def _feeds(model: Any, args: argparse.Namespace) -> dict[str, np.ndarray]:
+    if bool(args.input) == bool(args.random):
+        raise ConfigError("give either --input NAME=FILE.npy (once per input) or --random")
+    if args.random:
+        return _random_inputs(model, args.batch, _parse_dims(args.dim), args.seed)
+    return _load_inputs(args.input)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import ember
+
+    if not args.input:
+        args.random = True
+    model = ember.load(args.model, level=args.level, threads=args.threads, precision=args.precision)
+    profile = model.profile(_feeds(model, args), repeat=args.repeat)
+    print(profile.format(top=args.top))
     return 0
 
 
@@ -242,6 +261,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if path:
             print(f"{flag} report written to {path}")
     return 0
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--level",
+        type=int,
+        choices=range(4),
+        default=None,
+        help="graph optimization level 0-3 (default 3; 0 with --exact)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="threads (default: one per core)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: convolutions and matmuls in bfloat16 (opt-in)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,8 +308,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--exact", action="store_true", help="float64 accumulation (the oracle mode)")
+    _engine_options(run)
     run.add_argument("-o", "--output", help="where to save outputs (default: MODEL.outputs.npz)")
     run.set_defaults(func=cmd_run)
+
+    prof = sub.add_parser(
+        "profile", help="per-node time, the top ops, what was fused, and activation memory"
+    )
+    prof.add_argument("model")
+    prof.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    prof.add_argument(
+        "--batch", type=int, default=1, help="size of symbolic batch dims (random inputs)"
+    )
+    prof.add_argument(
+        "--dim", action="append", default=[], metavar="NAME=SIZE", help="size of a symbolic dim"
+    )
+    prof.add_argument("--seed", type=int, default=0)
+    prof.add_argument("--repeat", type=int, default=20, help="profiled runs (median per step)")
+    prof.add_argument("--top", type=int, default=15, help="rows per table")
+    _engine_options(prof)
+    prof.set_defaults(func=cmd_profile, random=False)
 
     b = sub.add_parser("bench", help="time ember against ONNX Runtime and OpenVINO, side by side")
     arg = b.add_argument

@@ -88,14 +88,18 @@ _NOTE_TORCH = {
 def engine_specs(peers: list[str], precision: str, has_module: bool) -> list[EngineSpec]:
     """The rows of a run: ember first, then each peer in the order asked (OpenVINO twice).
 
-    Missing peers are kept here; the harness skips them with one line. ember has no bf16 or int8
-    path yet, so it runs fp32 whatever `precision` asks, and says so.
+    Missing peers are kept here; the harness skips them with one line. ember runs fp32 or bf16;
+    it has no int8 path yet, so it runs fp32 when int8 is asked, and says so.
 
     >>> [s.name for s in engine_specs(["ort", "openvino"], "fp32", has_module=False)]
     ['ember', 'ort', 'openvino-f32', 'openvino']
     """
-    note = () if precision == "fp32" else (f"ember has no {precision} path yet: it ran fp32",)
-    specs = [EngineSpec("ember", "ember", "fp32", notes=note)]
+    if precision == "int8":
+        specs = [
+            EngineSpec("ember", "ember", "fp32", notes=("ember has no int8 path yet: it ran fp32",))
+        ]
+    else:
+        specs = [EngineSpec("ember", "ember", "bf16" if precision == "bf16" else "fp32")]
     for peer in peers:
         if peer == "ort" and precision == "int8":
             specs.append(EngineSpec("ort", "ort", "int8", quantized=True, notes=(_NOTE_ORT_INT8,)))
@@ -152,8 +156,8 @@ class Engine:
 class EmberEngine(Engine):
     def __init__(self, spec: EngineSpec, threads: int) -> None:
         super().__init__(spec, threads)
-        # ember has no thread option yet; its NumPy ops run on NumPy's BLAS pool (OpenBLAS or MKL),
-        # so that pool gets the thread count the peers get.
+        # ember's native kernels run on its OpenMP pool (load(threads=)); the reference ops that
+        # remain run on NumPy's BLAS pool (OpenBLAS or MKL), so both get the peers' thread count.
         try:
             from threadpoolctl import threadpool_info, threadpool_limits
         except ImportError:
@@ -167,7 +171,12 @@ class EmberEngine(Engine):
     def load(self, path: str) -> None:
         import ember
 
-        self.model = ember.load(path)
+        self.model = ember.load(
+            path,
+            threads=self.threads,
+            precision="bf16" if self.spec.precision == "bf16" else "fp32",
+        )
+        self.settings.update(optimization_level=self.model.level, precision=self.model.precision)
 
     def bind(self, feeds: dict[str, np.ndarray]) -> None:
         self.feeds = feeds

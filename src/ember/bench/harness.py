@@ -610,7 +610,7 @@ def _start_all(
 
 def _precision_ran(eng: dict[str, Any]) -> str:
     """What an engine ran: OpenVINO reads its inference precision back; the others run what they
-    were asked (ember: always fp32)."""
+    were asked (ember: fp32, or bf16 when asked)."""
     ran = eng["settings"].get("inference_precision") or eng["precision"]
     if eng["quantized"]:
         return "int8 QDQ" if eng["peer"] == "ort" else f"int8 QDQ, {ran} elsewhere"

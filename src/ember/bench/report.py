@@ -122,9 +122,13 @@ def fairness_notes(doc: dict[str, Any]) -> list[str]:
         ran = ", ".join(
             f"{e['name']}: {e['precision_ran'] or e['precision']}" for e in doc["engines"]
         )
+        said = (
+            "ember ran bf16 inside convolutions and matmuls"
+            if cfg["precision"] == "bf16"
+            else f"ember has no {cfg['precision']} path yet and ran fp32"
+        )
         notes.append(
-            f"--precision {cfg['precision']} was asked; ember has no {cfg['precision']} path yet "
-            f"and ran fp32. What each engine ran: {ran}."
+            f"--precision {cfg['precision']} was asked; {said}. What each engine ran: {ran}."
         )
     notes.append(
         f"Timing: per engine and batch, load and the first call are timed apart, {cfg['warmup']}+ "

@@ -6,16 +6,39 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
 
-from ember.errors import InputError
+from ember import flags
+from ember.errors import ConfigError, InputError
 from ember.ir import ModelSource, load_model
 from ember.runtime.plan import Plan, compile_graph
+
+if TYPE_CHECKING:
+    from ember.runtime.profile import Profile
+
+#: precision= values: fp32 everywhere, or bf16 inside convolutions and matmuls (opt-in)
+PRECISIONS = ("fp32", "bf16")
+
+
+@functools.cache
+def _blas_pool() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
+def set_threads(n: int) -> None:
+    """Threads for the native kernels (oneDNN's and ember's OpenMP pool) of the calling thread."""
+    from ember.kernels.cpu import _C
+
+    _C.set_num_threads(n)
+
 
 Dim = int | str | None  # a fixed size, a symbolic name, or unknown
 
@@ -64,15 +87,38 @@ class Model:
     (2, 10)
     """
 
-    def __init__(self, model: ir.Model, *, exact: bool = False, name: str = "model") -> None:
-        self.ir = model
+    def __init__(
+        self,
+        model: ir.Model,
+        *,
+        exact: bool = False,
+        name: str = "model",
+        level: int | None = None,
+        threads: int | None = None,
+        precision: str = "fp32",
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+            )
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads must be a positive int or None, got {threads!r}")
         self.exact = exact
         self.name = name
+        self.level = (0 if exact else 3) if level is None else level
+        self.threads = threads if threads is not None else (flags.EMBER_THREADS or None)
+        self.precision = precision
+        # The signature is the model's, whatever the optimizer does to the graph.
+        self.inputs = [tensor_spec(v) for v in model.graph.inputs]
+        self.outputs = [tensor_spec(v) for v in model.graph.outputs]
+        if self.level:
+            from ember.passes import optimize
+
+            optimize(model, self.level)
+        self.ir = model
         graph = model.graph
         # An initializer listed as a graph input is a default the caller may override.
         self._optional_inputs = {v.name for v in graph.inputs if v.name in graph.initializers}
-        self.inputs = [tensor_spec(v) for v in graph.inputs]
-        self.outputs = [tensor_spec(v) for v in graph.outputs]
         self._values = {v.name: v for v in _all_values(graph)}
         self._plans: dict[tuple[str, ...], Plan] = {}
         self._lock = threading.Lock()
@@ -90,8 +136,14 @@ class Model:
             wanted = []
             for name in key:
                 if name not in self._values:
+                    gone = (
+                        f" (optimization level {self.level} may have fused it away: load with "
+                        "level=0 to read every intermediate)"
+                        if self.level
+                        else ""
+                    )
                     raise InputError(
-                        f"unknown output {name!r}; the model's outputs are "
+                        f"unknown output {name!r}{gone}; the model's outputs are "
                         f"{', '.join(o.name for o in self.outputs)}"
                     )
                 wanted.append(self._values[name])
@@ -99,7 +151,13 @@ class Model:
                 plan = self._plans.get(key)
                 if plan is None:
                     plan = compile_graph(
-                        self.ir.graph, self.opsets, exact=self.exact, outputs=wanted
+                        self.ir.graph,
+                        self.opsets,
+                        exact=self.exact,
+                        outputs=wanted,
+                        native_kernels=not self.exact,
+                        bf16=self.precision == "bf16",
+                        arena=outputs is None,
                     )
                     self._plans[key] = plan
         return plan
@@ -108,13 +166,42 @@ class Model:
         self, inputs: Mapping[str, Any], outputs: Sequence[str] | None = None
     ) -> dict[str, Any]:
         """Run the model. `outputs` may name any value in the graph, not only graph outputs."""
-        feeds = self.check_inputs(inputs)
         plan = self.plan(outputs)
-        graph_inputs = self.ir.graph.inputs
-        args = [feeds.get(v.name or "", _default(v)) for v in graph_inputs]
-        results = plan.run(args)
+        results = self._run_plan(plan, self._args(inputs))
         names = outputs if outputs is not None else [o.name for o in self.outputs]
         return dict(zip(names, results, strict=True))
+
+    def _args(self, inputs: Mapping[str, Any]) -> list[Any]:
+        feeds = self.check_inputs(inputs)
+        return [feeds.get(v.name or "", _default(v)) for v in self.ir.graph.inputs]
+
+    def _run_plan(
+        self, plan: Plan, args: list[Any], timings: list[float] | None = None
+    ) -> list[Any]:
+        if self.threads is None:
+            return plan.run(args, timings=timings)
+        if not self.exact:
+            set_threads(self.threads)  # per calling thread: OpenMP's thread count is thread-local
+        if not plan.uses_blas:
+            return plan.run(args, timings=timings)
+        # Reference ops on NumPy's BLAS pool get the same thread count; the two pools take turns
+        # (ops run one at a time), so at most `threads` threads compute at once.
+        with _blas_pool().limit(limits=self.threads):
+            return plan.run(args, timings=timings)
+
+    def profile(self, inputs: Mapping[str, Any], *, repeat: int = 10) -> Profile:
+        """Per-step times over `repeat` runs (after one warm-up run) and the arena's memory."""
+        from ember.runtime.profile import Profile
+
+        plan = self.plan()
+        args = self._args(inputs)
+        self._run_plan(plan, args)  # warm-up: primitives built, arena laid out
+        runs = []
+        for _ in range(max(repeat, 1)):
+            timings: list[float] = []
+            self._run_plan(plan, args, timings)
+            runs.append(timings)
+        return Profile.from_runs(self, plan, runs, plan.memory_layout(args))
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Validate `inputs` against the signature; InputError says expected vs got."""
@@ -198,10 +285,22 @@ def _all_values(graph: ir.Graph) -> list[ir.Value]:
     return values
 
 
-def load(source: ModelSource, *, exact: bool = False) -> Model:
+def load(
+    source: ModelSource,
+    *,
+    exact: bool = False,
+    level: int | None = None,
+    threads: int | None = None,
+    precision: str = "fp32",
+) -> Model:
     """Load an ONNX model (path, bytes, ModelProto or onnx_ir.Model) and compile it for running.
 
-    `exact=True` accumulates in float64 where the spec allows: the oracle for accuracy reports.
+    `exact=True` uses only the reference ops, unoptimized, accumulating in float64 where the spec
+    allows: the oracle for accuracy reports. Otherwise the graph is optimized at `level` (0-3,
+    default 3; see ember.passes) and runs on native kernels with `threads` threads (default: the
+    EMBER_THREADS environment variable, else one per core). `precision="bf16"` lets convolutions
+    and matmuls compute in bfloat16 (faster on CPUs with AVX-512 BF16, about 3 significant digits).
+    An onnx_ir.Model passed in is copied, not changed.
 
     >>> import ember
     >>> from ember.zoo import model_path
@@ -213,4 +312,13 @@ def load(source: ModelSource, *, exact: bool = False) -> Model:
         from pathlib import Path
 
         name = Path(source).stem  # type: ignore[arg-type]
-    return Model(load_model(source), exact=exact, name=name)
+    elif isinstance(source, ir.Model):
+        source = ir.serde.deserialize_model(ir.serde.serialize_model(source))
+    return Model(
+        load_model(source),
+        exact=exact,
+        name=name,
+        level=level,
+        threads=threads,
+        precision=precision,
+    )

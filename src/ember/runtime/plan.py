@@ -1,15 +1,23 @@
 """compile(graph) -> Plan: a flat, prebuilt list of steps that Plan.run executes.
 
-Compilation resolves every node to its op function once, converts attributes once, gives every value
-a slot in a per-call environment list, and records after which step each slot is last used so that
-intermediates are freed as soon as possible. Plan.run does no graph walking and keeps no state: many
-threads may run one Plan at once. Subgraph attributes (If, Loop, Scan) compile to nested Plans that
-read captured outer-scope values from the caller's environment.
+Compilation resolves every node to its op function once (a native kernel where one applies, see
+runtime/native.py, else the NumPy reference), converts attributes once, gives every value a slot
+in a per-call environment list, and records after which step each slot is last used so that
+intermediates are freed as soon as possible. Plan.run does no graph walking: many threads may run
+one Plan at once.
+Subgraph attributes (If, Loop, Scan) compile to nested Plans that read captured outer-scope values
+from the caller's environment.
+
+Memory: the first run for a given set of input shapes records every value's shape; from then on the
+outputs of native kernels are written into one arena per thread, laid out by ember.memory from the
+values' lifetimes (see `ArenaLayout`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +29,7 @@ from ember.errors import EmberError, ExecutionError, UnsupportedError
 from ember.ir.verify import describe, subgraph_reads, topological_order
 from ember.ops import registry
 from ember.ops.registry import OpContext
+from ember.runtime import native
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +45,14 @@ class Step:
     ]  # per subplan: slots here of its captures, in order
     frees: tuple[int, ...]  # slots last read by this step
     fallback: bool  # runs through onnx.reference, not an ember op
+    kernel: native.Kernel | None = None  # the native kernel `fn` runs, if any
+
+    @property
+    def kernel_name(self) -> str:
+        """What runs this step: a native kernel's name, "reference" or "onnx.reference"."""
+        if self.kernel is not None:
+            return self.kernel.name
+        return "onnx.reference" if self.fallback else "reference"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +66,14 @@ class Plan:
     input_slots: tuple[int, ...]  # graph inputs, in order (subgraph: its formal inputs)
     output_slots: tuple[int, ...]
     captures: tuple[tuple[ir.Value, int], ...]  # outer-scope values this graph reads
+    arena_enabled: bool = False
+    # input-shape signature -> ArenaLayout; filled by run(), shared by threads (dict ops are atomic)
+    _layouts: dict[Any, ArenaLayout] = dataclasses.field(default_factory=dict, compare=False)
+
+    @property
+    def uses_blas(self) -> bool:
+        """True when a reference op that calls NumPy's BLAS (matmul, conv, ...) runs here."""
+        return any(s.kernel is None and s.node.op_type in _BLAS_OPS for s in self.steps)
 
     @property
     def fallback_nodes(self) -> list[ir.Node]:
@@ -61,8 +86,17 @@ class Plan:
                 nodes.extend(sub.fallback_nodes)
         return nodes
 
-    def run(self, inputs: Sequence[Any], outer: Mapping[ir.Value, Any] | None = None) -> list[Any]:
-        """Run on positional `inputs` (one per graph input); returns one value per output."""
+    def run(
+        self,
+        inputs: Sequence[Any],
+        outer: Mapping[ir.Value, Any] | None = None,
+        *,
+        timings: list[float] | None = None,
+    ) -> list[Any]:
+        """Run on positional `inputs` (one per graph input); returns one value per output.
+
+        `timings`, when given, receives each step's wall time in seconds, in step order.
+        """
         env: list[Any] = [None] * self.n_slots
         for slot, value in self.constants:
             env[slot] = value
@@ -70,30 +104,209 @@ class Plan:
             env[slot] = value
         for captured, slot in self.captures:
             env[slot] = outer[captured] if outer is not None else None
-        for step in self.steps:
-            args = [env[i] if i is not None else None for i in step.inputs]
-            kwargs = dict(step.attrs)
-            for name, sub in step.subplans.items():
-                reads = step.subplan_reads[name]
-                kwargs[name] = Subgraph(
-                    sub, {v: env[r] for (v, _), r in zip(sub.captures, reads, strict=True)}
+        sig = self._signature(inputs) if self.arena_enabled else None
+        arena = self._layouts.get(sig) if sig is not None else None
+        out_bufs = arena.buffers() if arena is not None else []
+        # The first run for a signature records the shapes an arena layout needs.
+        records: list[tuple[Any, ...]] | None = None
+        if sig is not None and arena is None and len(self._layouts) < _MAX_LAYOUTS:
+            records = []
+        index = 0
+        step = None
+        try:
+            for index, step in enumerate(self.steps):
+                args = [env[i] if i is not None else None for i in step.inputs]
+                start = time.perf_counter() if timings is not None else 0.0
+                if arena is not None and (buf := out_bufs[index]) is not None:
+                    # The arena buffer fits only the shapes recorded when it was laid out.
+                    if all(
+                        a is None or a.shape == want
+                        for a, want in zip(args, arena.in_shapes[index], strict=True)
+                    ):
+                        result = step.fn(*args, out=buf)
+                    else:
+                        result = step.fn(*args)
+                elif step.subplans:
+                    kwargs = dict(step.attrs)
+                    for name, sub in step.subplans.items():
+                        reads = step.subplan_reads[name]
+                        kwargs[name] = Subgraph(
+                            sub, {v: env[r] for (v, _), r in zip(sub.captures, reads, strict=True)}
+                        )
+                    result = step.fn(*args, **kwargs)
+                else:
+                    result = step.fn(*args, **step.attrs)
+                if timings is not None:
+                    timings.append(time.perf_counter() - start)
+                if not isinstance(result, tuple):  # a list is one sequence value, a tuple many
+                    result = (result,)
+                if records is not None:
+                    records.append(_shapes(args, result))
+                for out_slot, value in zip(step.outputs, result, strict=False):
+                    if out_slot is not None:
+                        env[out_slot] = value
+                for free_slot in step.frees:
+                    env[free_slot] = None
+        except EmberError:
+            raise
+        except Exception as e:
+            assert step is not None
+            raise ExecutionError(f"{describe(step.node)} failed: {type(e).__name__}: {e}") from e
+        if records is not None:
+            assert sig is not None
+            self._layouts[sig] = ArenaLayout.build(self, records)
+        outputs = [env[s] for s in self.output_slots]
+        if arena is not None:
+            # An output that may be a view of arena memory is copied out: the arena is reused.
+            outputs = [
+                np.array(o, copy=True) if i in arena.copy_outputs else o
+                for i, o in enumerate(outputs)
+            ]
+        return outputs
+
+    # -- the arena ------------------------------------------------------------------------------
+
+    def _signature(self, inputs: Sequence[Any]) -> tuple[Any, ...] | None:
+        sig = []
+        for v in inputs:
+            if not isinstance(v, np.ndarray):
+                return None
+            sig.append((v.shape, v.dtype.str))
+        return tuple(sig)
+
+    def memory_layout(self, inputs: Sequence[Any]) -> ArenaLayout | None:
+        """The arena layout for inputs of these shapes (None: no arena); runs once to build it."""
+        sig = self._signature(inputs) if self.arena_enabled else None
+        if sig is None:
+            return None
+        if sig not in self._layouts:
+            self.run(inputs)
+        return self._layouts.get(sig)
+
+
+# Reference ops whose time goes into NumPy's BLAS (np.matmul, np.einsum, tensordot).
+_BLAS_OPS = frozenset(
+    "MatMul Gemm Conv ConvTranspose Einsum FusedConv FusedGemm FusedMatMul MultiHeadAttention "
+    "Attention LSTM GRU RNN MatMulInteger ConvInteger QLinearMatMul QLinearConv".split()
+)
+_MAX_LAYOUTS = 16  # input-shape signatures with an arena layout, per plan (batch sizes, lengths)
+
+
+def _shapes(args: Sequence[Any], result: tuple[Any, ...]) -> tuple[Any, ...]:
+    """(input shapes, first output's shape, its dtype) of one step, as ArenaLayout.build reads."""
+    in_shapes = tuple(a.shape if isinstance(a, np.ndarray) else None for a in args)
+    first = result[0] if result else None
+    if isinstance(first, np.ndarray):
+        return (in_shapes, first.shape, first.dtype)
+    return (in_shapes, None, None)
+
+
+class ArenaLayout:
+    """Where each arena-backed value lives, for one input-shape signature; buffers per thread.
+
+    A value is arena-backed when a native kernel that can write into a given buffer produces it
+    and it is not a graph output. Reference ops may return views of their inputs (Reshape,
+    Transpose, Slice, ...), so a buffer stays reserved until the last reader of any value that may
+    alias it, and a graph output that may alias one is copied out at the end of the run.
+    """
+
+    def __init__(
+        self,
+        offsets: dict[int, tuple[int, tuple[int, ...], np.dtype]],  # step -> (offset, shape, dtype)
+        in_shapes: list[tuple[Any, ...]],
+        size: int,
+        copy_outputs: frozenset[int],
+        report: Any,
+    ) -> None:
+        self.offsets = offsets
+        self.in_shapes = in_shapes
+        self.size = size
+        self.copy_outputs = copy_outputs
+        self.report = report  # ember.memory.ArenaPlan
+        self._n_steps = len(in_shapes)
+        self._local = threading.local()
+
+    def buffers(self) -> list[np.ndarray | None]:
+        """This thread's output buffer per step (None: the step allocates its own)."""
+        bufs = getattr(self._local, "bufs", None)
+        if bufs is None:
+            arena = np.empty(max(self.size, 1), np.uint8)
+            bufs = [None] * self._n_steps
+            for i, (offset, shape, dtype) in self.offsets.items():
+                n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                bufs[i] = arena[offset : offset + n].view(dtype).reshape(shape)
+            self._local.bufs = bufs
+        return bufs
+
+    @classmethod
+    def build(cls, plan: Plan, records: list[tuple[Any, ...]]) -> ArenaLayout:
+        from ember.memory import Request, plan_arena
+
+        n = len(plan.steps)
+        output_slots = set(plan.output_slots)
+        last_read: dict[int, int] = {}
+        for i, step in enumerate(plan.steps):
+            for slot in step.inputs:
+                if slot is not None:
+                    last_read[slot] = i
+        for slot in plan.output_slots:
+            last_read[slot] = n  # read after the last step
+        producer_of: dict[int, int] = {}  # arena slot -> step index
+        roots: dict[int, frozenset[int]] = {}  # slot -> arena slots it may alias
+        for i, step in enumerate(plan.steps):
+            out = step.outputs[0] if step.outputs else None
+            _, shape, dtype = records[i]
+            backed = (
+                step.kernel is not None
+                and step.kernel.writes_out
+                and out is not None
+                and out not in output_slots
+                and shape is not None
+                and dtype == np.float32
+                and len(step.outputs) == 1
+            )
+            if backed:
+                assert out is not None
+                roots[out] = frozenset({out})
+                producer_of[out] = i
+                continue
+            inherited: frozenset[int] = frozenset()
+            for slot in step.inputs:
+                if slot is not None:
+                    inherited |= roots.get(slot, frozenset())
+            for o in step.outputs:
+                if o is not None and inherited:
+                    roots[o] = inherited
+        end = {r: producer_of[r] for r in producer_of}
+        for slot, rs in roots.items():
+            for r in rs:
+                end[r] = max(end[r], last_read.get(slot, producer_of[r]))
+        requests = []
+        for slot, i in producer_of.items():
+            _, shape, dtype = records[i]
+            size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            inplace: tuple[int, ...] = ()
+            step = plan.steps[i]
+            if step.kernel is not None and step.kernel.elementwise:
+                inplace = tuple(
+                    s
+                    for s in step.inputs
+                    if s is not None and s in producer_of and records[producer_of[s]][1] == shape
                 )
-            try:
-                result = step.fn(*args, **kwargs)
-            except EmberError:
-                raise
-            except Exception as e:
-                raise ExecutionError(
-                    f"{describe(step.node)} failed: {type(e).__name__}: {e}"
-                ) from e
-            if not isinstance(result, tuple):  # a list is one sequence value, a tuple many outputs
-                result = (result,)
-            for out_slot, value in zip(step.outputs, result, strict=False):
-                if out_slot is not None:
-                    env[out_slot] = value
-            for free_slot in step.frees:
-                env[free_slot] = None
-        return [env[s] for s in self.output_slots]
+            requests.append(
+                Request(id=slot, size=max(size, 1), start=i, end=end[slot], inplace_of=inplace)
+            )
+        arena = plan_arena(requests)
+        offsets = {
+            producer_of[slot]: (
+                arena.offsets[slot],
+                records[producer_of[slot]][1],
+                np.dtype(np.float32),
+            )
+            for slot in producer_of
+        }
+        copy_outputs = frozenset(k for k, slot in enumerate(plan.output_slots) if roots.get(slot))
+        return cls(offsets, [r[0] for r in records], arena.size, copy_outputs, arena)
 
 
 class Subgraph:
@@ -131,11 +344,18 @@ def compile_graph(
     exact: bool = False,
     outputs: Sequence[ir.Value] | None = None,
     allow_fallback: bool | None = None,
+    native_kernels: bool = False,
+    bf16: bool = False,
+    arena: bool = False,
 ) -> Plan:
     """Compile `graph` (already verified) into a Plan computing `outputs` (default: graph outputs).
 
-    Raises UnsupportedError listing every node whose op ember cannot run.
+    `native_kernels`: run nodes on native CPU kernels where one applies (ignored in exact mode);
+    `bf16`: let those kernels compute convolutions and matmuls in bfloat16; `arena`: write native
+    kernels' outputs into a planned per-thread arena. Raises UnsupportedError listing every node
+    whose op ember cannot run.
     """
+    native_kernels = native_kernels and not exact
     allow_fallback = flags.EMBER_ALLOW_FALLBACK if allow_fallback is None else allow_fallback
     wanted = list(graph.outputs) if outputs is None else list(outputs)
     nodes = _needed_nodes(graph, wanted)
@@ -149,15 +369,30 @@ def compile_graph(
 
     input_slots = tuple(slot(v) for v in graph.inputs)
     constants = []
+    constant_arrays: dict[ir.Value, np.ndarray] = {}
     for v in graph.initializers.values():
         if v in slots and v in graph.inputs:
             continue  # an initializer that is also an input: the caller's value wins
         if v.const_value is not None:
-            constants.append((slot(v), tensor_array(v.const_value)))
+            constant_arrays[v] = tensor_array(v.const_value)
+            constants.append((slot(v), constant_arrays[v]))
 
     produced = set(graph.inputs) | set(graph.initializers.values())
     for n in nodes:
         produced.update(o for o in n.outputs)
+
+    def constant(v: ir.Value | None) -> np.ndarray | None:
+        """The value's array when it is fixed at compile time (an initializer or a Constant)."""
+        if v is None:
+            return None
+        if v in constant_arrays:
+            return constant_arrays[v]
+        producer = v.producer()
+        if producer is not None and producer.op_type == "Constant" and producer.domain == "":
+            value = producer.attributes.get("value")
+            if value is not None and value.type == ir.AttributeType.TENSOR:
+                return tensor_array(value.value)
+        return None
 
     captures: list[tuple[ir.Value, int]] = []
     steps_raw = []
@@ -184,6 +419,7 @@ def compile_graph(
             for v, _ in sub.captures:
                 if v not in produced and v not in slots:
                     captures.append((v, slot(v)))
+        kernel = None
         if record is not None:
             try:
                 fn, attrs = _bind_op(record, node, opset, exact)
@@ -191,6 +427,10 @@ def compile_graph(
                 unsupported.append(str(e))
                 continue
             fallback = False
+            if native_kernels and not subplans:
+                kernel = native.select(node, attrs, fn, constant, opset=opset, bf16=bf16)
+                if kernel is not None:
+                    fn, attrs = kernel.fn, {}
         elif (
             allow_fallback
             # onnx.reference runs a node's subgraphs itself, but cannot see our outer scope.
@@ -203,7 +443,7 @@ def compile_graph(
             unsupported.append(f"{describe(node)}: op {where} (opset {opset}) is not implemented")
             continue
         out_slots = tuple(slot(v) if v is not None and v.name else None for v in node.outputs)
-        steps_raw.append((node, fn, tuple(in_slots), out_slots, attrs, subplans, fallback))
+        steps_raw.append((node, fn, tuple(in_slots), out_slots, attrs, subplans, fallback, kernel))
 
     if unsupported:
         raise UnsupportedError(
@@ -213,7 +453,7 @@ def compile_graph(
     output_slots = tuple(slot(v) for v in wanted)
     # Free a slot right after its last reader, unless it is an output of the whole graph.
     last_use: dict[int, int] = {}
-    for i, (_, _, ins, _, _, subplans, _) in enumerate(steps_raw):
+    for i, (_, _, ins, _, _, subplans, _, _) in enumerate(steps_raw):
         for s in ins:
             if s is not None:
                 last_use[s] = i
@@ -236,8 +476,9 @@ def compile_graph(
             {name: tuple(slots[v] for v, _ in sub.captures) for name, sub in subplans.items()},
             tuple(frees[i]),
             fallback,
+            kernel,
         )
-        for i, (node, fn, ins, outs, attrs, subplans, fallback) in enumerate(steps_raw)
+        for i, (node, fn, ins, outs, attrs, subplans, fallback, kernel) in enumerate(steps_raw)
     )
     return Plan(
         graph=graph,
@@ -247,6 +488,7 @@ def compile_graph(
         input_slots=input_slots,
         output_slots=output_slots,
         captures=tuple(captures),
+        arena_enabled=arena and native_kernels and not captures,
     )
 
 

@@ -1,0 +1,443 @@
+"""Kernel selection: the nodes that run on native CPU kernels instead of their NumPy reference.
+
+`select(node, attrs, constant)` looks at one node once, at compile time, and returns a `Kernel` (a
+callable with the op's positional inputs and an optional `out=` buffer) or None when the node stays
+on its reference op. Weights are prepacked here, once. A kernel runs the reference op instead when
+an input is not float32 or when its maker's function returns None (a case it does not handle, known
+only at run time), so selection never changes what a model accepts. Each kernel agrees with its
+reference to float32 rounding (tests/runtime/test_native.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from ember.ops.registry import EMBER_DOMAIN
+
+F32 = np.dtype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """A native implementation of one node.
+
+    fn(*inputs, out=None) -> output. `writes_out`: fn fills a caller-given float32 buffer of the
+    output's shape (the memory arena's). `elementwise`: output element i depends only on element i
+    of its same-shaped inputs, so the output may take the memory of an input that dies here.
+    """
+
+    fn: Callable[..., Any]
+    name: str  # for profiles: "onednn conv", "ember softmax", ...
+    writes_out: bool = True
+    elementwise: bool = False
+
+
+Constant = Callable[[ir.Value | None], np.ndarray | None]
+
+
+def select(
+    node: ir.Node,
+    attrs: Mapping[str, Any],
+    reference: Callable[..., Any],
+    constant: Constant,
+    *,
+    opset: int,
+    bf16: bool = False,
+) -> Kernel | None:
+    """The native kernel for `node`, or None. `constant(value)` is its array when constant;
+    `reference(*inputs, **attrs)` is the op's reference function, `attrs` its bound attributes."""
+    domain = "" if node.domain in ("", "ai.onnx") else node.domain
+    maker = _MAKERS.get((domain, node.op_type))
+    if maker is None or any(o is not None and o.name and i > 0 for i, o in enumerate(node.outputs)):
+        return None  # a second output (MaxPool indices, LayerNorm stats) stays on the reference
+    params = {k: v for k, v in attrs.items() if k != "ctx"}
+    params["opset"] = opset
+    kernel = maker(node, params, constant, bf16)
+    if kernel is None:
+        return None
+    return dataclasses.replace(kernel, fn=_or_reference(kernel.fn, reference, attrs))
+
+
+def _or_reference(
+    fn: Callable[..., Any], reference: Callable[..., Any], attrs: Mapping[str, Any]
+) -> Callable[..., Any]:
+    ref_attrs = dict(attrs)
+
+    def run(*args: Any, out: np.ndarray | None = None) -> Any:
+        for a in args:
+            if a is not None and a.dtype != F32:
+                return reference(*args, **ref_attrs)
+        result = fn(*args, out=out)
+        return reference(*args, **ref_attrs) if result is None else result
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------------
+# Makers: (node, attrs, constant, bf16) -> Kernel | None
+# ------------------------------------------------------------------------------------------------
+
+_MAKERS: dict[tuple[str, str], Callable[..., Kernel | None]] = {}
+
+
+def _maker(domain: str, *op_types: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(f: Callable[..., Any]) -> Callable[..., Any]:
+        for t in op_types:
+            _MAKERS[(domain, t)] = f
+        return f
+
+    return register
+
+
+def _input(node: ir.Node, i: int) -> ir.Value | None:
+    if i >= len(node.inputs):
+        return None
+    v = node.inputs[i]
+    return v if v is not None and v.name else None
+
+
+def _spatial(attrs: Mapping[str, Any], name: str, n: int, default: int) -> list[int]:
+    v = attrs.get(name)
+    return [default] * n if v is None else [int(x) for x in v]
+
+
+def _explicit_pads(attrs: Mapping[str, Any], n: int) -> list[int] | None:
+    """ONNX pads when they do not depend on the input's size (auto_pad NOTSET or VALID)."""
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID"):
+        return None
+    return _spatial(attrs, "pads", 2 * n, 0) if auto_pad == "NOTSET" else [0] * (2 * n)
+
+
+@_maker("", "Conv")
+@_maker(EMBER_DOMAIN, "FusedConv")
+def _conv(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) -> Kernel | None:
+    from ember.kernels.cpu import dnnl
+
+    w = constant(_input(node, 1))
+    b_value = _input(node, 2)
+    b = constant(b_value)
+    if w is None or w.dtype != F32 or w.ndim != 4 or (b_value is not None and b is None):
+        return None  # dynamic weights, 1-D/3-D convs: the reference handles them
+    pads = _explicit_pads(attrs, 2)
+    if pads is None:
+        return None
+    conv = dnnl.Conv(
+        w,
+        None if b is None else b.astype(F32),
+        strides=_spatial(attrs, "strides", 2, 1),
+        pads=pads,
+        dilations=_spatial(attrs, "dilations", 2, 1),
+        group=int(attrs.get("group", 1)),
+        channels_last=bool(attrs.get("channels_last", 0)),
+        activation=attrs.get("activation", ""),
+        activation_params=tuple(attrs.get("activation_params", ())),
+        bf16=bf16,
+    )
+
+    def run(
+        x: np.ndarray, w_: Any = None, b_: Any = None, z: Any = None, *, out: Any = None
+    ) -> Any:
+        return conv(x, z, out=out)
+
+    return Kernel(run, "onednn conv")
+
+
+def _gemm_kernel(
+    a_trans: bool,
+    b: np.ndarray,
+    trans_b: bool,
+    bias: np.ndarray | None,
+    attrs: Mapping[str, Any],
+    bf16: bool,
+) -> Kernel | None:
+    from ember.kernels.cpu import dnnl
+
+    if a_trans or b.ndim != 2 or b.dtype != F32:
+        return None
+    matmul = dnnl.MatMul(
+        b,
+        bias,
+        trans_b=trans_b,
+        alpha=float(attrs.get("alpha", 1.0)),
+        activation=attrs.get("activation", ""),
+        activation_params=tuple(attrs.get("activation_params", ())),
+        bf16=bf16,
+    )
+
+    def run(a: np.ndarray, *_weights: Any, out: Any = None) -> Any:
+        return matmul(a, out=out)
+
+    return Kernel(run, "onednn matmul")
+
+
+@_maker("", "Gemm")
+@_maker(EMBER_DOMAIN, "FusedGemm")
+def _gemm(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) -> Kernel | None:
+    b = constant(_input(node, 1))
+    c_value = _input(node, 2)
+    c = constant(c_value)
+    if b is None or (c_value is not None and c is None):
+        return None
+    n = b.shape[0] if attrs.get("transB", 0) else b.shape[1]
+    bias = None
+    if c is not None:
+        if c.size not in (1, n) or (c.ndim == 2 and c.shape[0] != 1) or c.ndim > 2:
+            return None  # a C that is not a row vector: the reference broadcasts it
+        bias = (np.broadcast_to(c.reshape(-1), (n,)) * float(attrs.get("beta", 1.0))).astype(F32)
+    return _gemm_kernel(
+        bool(attrs.get("transA", 0)), b, bool(attrs.get("transB", 0)), bias, attrs, bf16
+    )
+
+
+@_maker("", "MatMul")
+@_maker(EMBER_DOMAIN, "FusedMatMul")
+def _matmul(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) -> Kernel | None:
+    from ember.kernels.cpu import dnnl
+
+    b = constant(_input(node, 1))
+    bias_value = _input(node, 2)
+    bias = constant(bias_value)
+    if bias_value is not None and bias is None:
+        return None
+    if b is not None:
+        if b.ndim != 2:
+            return None
+        return _gemm_kernel(False, b, False, bias, attrs, bf16)
+    if bias_value is not None or attrs.get("activation"):
+        return None
+
+    def run(a: np.ndarray, b_: np.ndarray, *, out: Any = None) -> Any:
+        if a.ndim < 2 or b_.ndim < 2 or a.ndim > 4 or b_.ndim > 4:
+            return np.matmul(a, b_)
+        return dnnl.matmul(a, b_, out=out)
+
+    return Kernel(run, "onednn matmul")
+
+
+@_maker("", "MaxPool")
+@_maker(EMBER_DOMAIN, "MaxPool")
+def _max_pool(
+    node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool
+) -> Kernel | None:
+    from ember.kernels.cpu import dnnl
+
+    k = attrs.get("kernel_shape")
+    pads = _explicit_pads(attrs, 2)
+    if k is None or len(k) != 2 or pads is None or attrs.get("storage_order", 0):
+        return None
+    params: dict[str, Any] = dict(
+        kernel_shape=list(k),
+        strides=_spatial(attrs, "strides", 2, 1),
+        pads=pads,
+        dilations=_spatial(attrs, "dilations", 2, 1),
+        ceil_mode=int(attrs.get("ceil_mode", 0)),
+        channels_last=bool(attrs.get("channels_last", 0)),
+    )
+
+    def run(x: np.ndarray, *, out: Any = None) -> Any:
+        return dnnl.max_pool(x, out=out, **params)
+
+    return Kernel(run, "onednn pooling")
+
+
+@_maker("", "AveragePool")
+@_maker(EMBER_DOMAIN, "AveragePool")
+def _avg_pool(
+    node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool
+) -> Kernel | None:
+    from ember.kernels.cpu import dnnl
+
+    k = attrs.get("kernel_shape")
+    pads = _explicit_pads(attrs, 2)
+    if k is None or len(k) != 2 or pads is None or _spatial(attrs, "dilations", 2, 1) != [1, 1]:
+        return None
+    params: dict[str, Any] = dict(
+        kernel_shape=list(k),
+        strides=_spatial(attrs, "strides", 2, 1),
+        pads=pads,
+        count_include_pad=int(attrs.get("count_include_pad", 0)),
+        ceil_mode=int(attrs.get("ceil_mode", 0)),
+        channels_last=bool(attrs.get("channels_last", 0)),
+    )
+
+    def run(x: np.ndarray, *, out: Any = None) -> Any:
+        return dnnl.avg_pool(x, out=out, **params)
+
+    return Kernel(run, "onednn pooling")
+
+
+@_maker("", "GlobalAveragePool")
+@_maker(EMBER_DOMAIN, "GlobalAveragePool")
+def _global_avg_pool(
+    node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool
+) -> Kernel | None:
+    from ember.kernels.cpu import dnnl
+
+    channels_last = bool(attrs.get("channels_last", 0))
+
+    def run(x: np.ndarray, *, out: Any = None) -> Any:
+        if x.ndim != 4:
+            return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)
+        return dnnl.global_avg_pool(x, channels_last=channels_last, out=out)
+
+    return Kernel(run, "onednn pooling")
+
+
+def _is_last_axis(axis: int, rank: int) -> bool:
+    return rank > 0 and -rank <= axis < rank and axis % rank == rank - 1
+
+
+@_maker("", "Softmax")
+def _softmax(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) -> Kernel | None:
+    from ember.kernels.cpu import nn
+
+    # Before opset 13 Softmax flattens to 2-D at `axis` (default 1): the same as a softmax over the
+    # last axis only when `axis` is the last one, as from 13 on.
+    axis = int(attrs.get("axis", -1 if attrs["opset"] >= 13 else 1))
+
+    def run(x: np.ndarray, *, out: Any = None) -> Any:
+        if not _is_last_axis(axis, x.ndim):
+            return None  # the reference computes it (or names the bad axis)
+        return nn.softmax(x, out=out)
+
+    return Kernel(run, "ember softmax")
+
+
+@_maker("", "LayerNormalization")
+@_maker(EMBER_DOMAIN, "LayerNorm")
+def _layer_norm(
+    node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool
+) -> Kernel | None:
+    from ember.kernels.cpu import nn
+
+    axis = int(attrs.get("axis", -1))
+    eps = float(attrs.get("epsilon", 1e-5))
+    if int(attrs.get("stash_type", 1)) != 1:
+        return None
+
+    def run(x: np.ndarray, scale: np.ndarray, bias: Any = None, *, out: Any = None) -> Any:
+        if not _is_last_axis(axis, x.ndim):
+            return None
+        return nn.layer_norm(x, scale, bias, epsilon=eps, out=out)
+
+    return Kernel(run, "ember layernorm")
+
+
+@_maker("", "Gelu")
+@_maker(EMBER_DOMAIN, "Gelu")
+def _gelu(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) -> Kernel | None:
+    from ember.kernels.cpu import nn
+
+    approximate = attrs.get("approximate", "none")
+
+    def run(x: np.ndarray, *, out: Any = None) -> Any:
+        return nn.gelu(x, approximate=approximate, out=out)
+
+    return Kernel(run, "ember gelu", elementwise=True)
+
+
+@_maker(EMBER_DOMAIN, "MultiHeadAttention")
+def _attention(
+    node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool
+) -> Kernel | None:
+    from ember.kernels.cpu import nn
+
+    heads = int(attrs["num_heads"])
+    scale = float(attrs.get("scale", 0.0))
+
+    def run(
+        q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Any = None, *, out: Any = None
+    ) -> Any:
+        return nn.attention(q, k, v, mask, num_heads=heads, scale=scale, out=out)
+
+    return Kernel(run, "ember attention")
+
+
+@_maker("", "Transpose")
+def _transpose(
+    node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool
+) -> Kernel | None:
+    from ember.kernels.cpu import dnnl
+
+    perm = attrs.get("perm")
+    if perm == [0, 2, 3, 1]:
+        to = dnnl.to_channels_last
+    elif perm == [0, 3, 1, 2]:
+        to = dnnl.to_channels_first
+    else:
+        return None
+
+    def run(x: np.ndarray, *, out: Any = None) -> Any:
+        return to(x, out=out)
+
+    return Kernel(run, "onednn reorder")
+
+
+# Elementwise ops on NumPy ufuncs with out=: what lets the arena hold their outputs, and in place.
+_UNARY = {
+    "Relu": None,
+    "Tanh": np.tanh,
+    "Exp": np.exp,
+    "Sqrt": np.sqrt,
+    "Neg": np.negative,
+}
+_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+
+
+def _relu(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    return np.maximum(x, np.float32(0), out=out)
+
+
+@_maker("", *_UNARY)
+def _unary(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) -> Kernel | None:
+    if node.op_type == "Relu":
+        fn: Callable[..., np.ndarray] = _relu
+    else:
+        ufunc = _UNARY[node.op_type]
+        assert ufunc is not None
+
+        def fn(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+            return ufunc(x, out=out)
+
+    def run(x: np.ndarray, *, out: Any = None) -> Any:
+        return np.asarray(fn(x, out))  # a ufunc gives a 0-d input back as a NumPy scalar
+
+    return Kernel(run, "numpy " + node.op_type.lower(), elementwise=True)
+
+
+@_maker("", *_BINARY)
+def _binary(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) -> Kernel | None:
+    ufunc = _BINARY[node.op_type]
+    if "broadcast" in attrs or "axis" in attrs:
+        return None  # opset < 7 broadcasting rules: the reference handles them
+
+    def run(a: np.ndarray, b: np.ndarray, *, out: Any = None) -> Any:
+        return np.asarray(ufunc(a, b, out=out))  # 0-d inputs give a NumPy scalar back
+
+    return Kernel(run, "numpy " + node.op_type.lower(), elementwise=True)
+
+
+@_maker("", "Clip")
+def _clip(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) -> Kernel | None:
+    if "min" in attrs or "max" in attrs:  # Clip-6 attributes
+        lo: Any = attrs.get("min")
+        hi: Any = attrs.get("max")
+    else:
+        lo_value, hi_value = _input(node, 1), _input(node, 2)
+        lo, hi = constant(lo_value), constant(hi_value)
+        if (lo_value is not None and lo is None) or (hi_value is not None and hi is None):
+            return None
+    lo_f = np.float32(-np.inf if lo is None else lo)
+    hi_f = np.float32(np.inf if hi is None else hi)
+
+    def run(x: np.ndarray, *_bounds: Any, out: Any = None) -> Any:
+        # np.clip is min(max(x, lo), hi): with lo > hi every element is hi, as ONNX says.
+        return np.asarray(np.clip(x, lo_f, hi_f, out=out))
+
+    return Kernel(run, "numpy clip", elementwise=True)
