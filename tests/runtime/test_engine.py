@@ -162,3 +162,33 @@ def test_profile_reports_steps_fusions_and_memory(resnet) -> None:
     text = profile.format()
     assert "top ops:" in text and "onednn conv" in text
     assert "memory: activation arena" in text
+
+
+def test_shapes_computed_from_values_are_not_trusted_across_runs() -> None:
+    """Same input shapes, different target shape: the arena's recorded shapes must not be used."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(rng.standard_normal((12, 12)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Reshape", ["h", "shape"], ["r"]),
+            helper.make_node("Relu", ["r"], ["y"]),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = ember.load(proto)
+    assert not model.plan().shape_static
+    x = rng.standard_normal((1, 12)).astype(np.float32)
+    want = np.maximum(x @ numpy_helper.to_array(w), 0)
+    for shape in ([3, 4], [2, 6], [3, 4], [6, 2]):
+        y = model.run({"x": x, "shape": np.array(shape, np.int64)})["y"]
+        np.testing.assert_allclose(y, want.reshape(shape), rtol=1e-5)
+    assert ember.load(small_resnet()).plan().shape_static

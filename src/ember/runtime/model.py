@@ -119,6 +119,7 @@ class Model:
         graph = model.graph
         # An initializer listed as a graph input is a default the caller may override.
         self._optional_inputs = {v.name for v in graph.inputs if v.name in graph.initializers}
+        self._output_names = tuple(o.name for o in self.outputs)
         self._values = {v.name: v for v in _all_values(graph)}
         self._plans: dict[tuple[str, ...], Plan] = {}
         self._lock = threading.Lock()
@@ -130,7 +131,7 @@ class Model:
 
     def plan(self, outputs: Sequence[str] | None = None) -> Plan:
         """The compiled Plan computing `outputs` (default: the graph's outputs); cached."""
-        key = tuple(outputs) if outputs is not None else tuple(o.name for o in self.outputs)
+        key = tuple(outputs) if outputs is not None else self._output_names
         plan = self._plans.get(key)
         if plan is None:
             wanted = []
@@ -168,8 +169,9 @@ class Model:
         """Run the model. `outputs` may name any value in the graph, not only graph outputs."""
         plan = self.plan(outputs)
         results = self._run_plan(plan, self._args(inputs))
-        names = outputs if outputs is not None else [o.name for o in self.outputs]
-        return dict(zip(names, results, strict=True))
+        return dict(
+            zip(outputs if outputs is not None else self._output_names, results, strict=True)
+        )
 
     def _args(self, inputs: Mapping[str, Any]) -> list[Any]:
         feeds = self.check_inputs(inputs)

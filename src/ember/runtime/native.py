@@ -26,15 +26,18 @@ F32 = np.dtype(np.float32)
 class Kernel:
     """A native implementation of one node.
 
-    fn(*inputs, out=None) -> output. `writes_out`: fn fills a caller-given float32 buffer of the
-    output's shape (the memory arena's). `elementwise`: output element i depends only on element i
-    of its same-shaped inputs, so the output may take the memory of an input that dies here.
+    fn(*inputs, out=None) -> output; `raw` is the same without the float32 check, for callers
+    that know the inputs are float32 (it may return None: run the reference). `writes_out`: fn
+    fills a caller-given float32 buffer of the output's shape (the memory arena's).
+    `elementwise`: output element i depends only on element i of its same-shaped inputs, so the
+    output may take the memory of an input that dies here.
     """
 
     fn: Callable[..., Any]
     name: str  # for profiles: "onednn conv", "ember softmax", ...
     writes_out: bool = True
     elementwise: bool = False
+    raw: Callable[..., Any] | None = None  # fn without the float32 check (None: same as fn)
 
 
 Constant = Callable[[ir.Value | None], np.ndarray | None]
@@ -60,7 +63,7 @@ def select(
     kernel = maker(node, params, constant, bf16)
     if kernel is None:
         return None
-    return dataclasses.replace(kernel, fn=_or_reference(kernel.fn, reference, attrs))
+    return dataclasses.replace(kernel, fn=_or_reference(kernel.fn, reference, attrs), raw=kernel.fn)
 
 
 def _or_reference(

@@ -16,6 +16,7 @@ values' lifetimes (see `ArenaLayout`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +47,7 @@ class Step:
     frees: tuple[int, ...]  # slots last read by this step
     fallback: bool  # runs through onnx.reference, not an ember op
     kernel: native.Kernel | None = None  # the native kernel `fn` runs, if any
+    gather: tuple[int, ...] = ()  # env index per input; an omitted input reads the always-None slot
 
     @property
     def kernel_name(self) -> str:
@@ -67,10 +69,14 @@ class Plan:
     output_slots: tuple[int, ...]
     captures: tuple[tuple[ir.Value, int], ...]  # outer-scope values this graph reads
     arena_enabled: bool = False
+    # Output shapes follow from input shapes alone (no Reshape to a computed shape, NonZero, ...):
+    # a signature's recorded shapes then hold for every later run with that signature.
+    shape_static: bool = False
     # input-shape signature -> ArenaLayout; filled by run(), shared by threads (dict ops are atomic)
     _layouts: dict[Any, ArenaLayout] = dataclasses.field(default_factory=dict, compare=False)
+    _cache: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
-    @property
+    @functools.cached_property
     def uses_blas(self) -> bool:
         """True when a reference op that calls NumPy's BLAS (matmul, conv, ...) runs here."""
         return any(s.kernel is None and s.node.op_type in _BLAS_OPS for s in self.steps)
@@ -97,9 +103,7 @@ class Plan:
 
         `timings`, when given, receives each step's wall time in seconds, in step order.
         """
-        env: list[Any] = [None] * self.n_slots
-        for slot, value in self.constants:
-            env[slot] = value
+        env = self._env_template()
         for slot, value in zip(self.input_slots, inputs, strict=True):
             env[slot] = value
         for captured, slot in self.captures:
@@ -107,24 +111,28 @@ class Plan:
         sig = self._signature(inputs) if self.arena_enabled else None
         arena = self._layouts.get(sig) if sig is not None else None
         out_bufs = arena.buffers() if arena is not None else []
+        direct = arena.direct if arena is not None else []
         # The first run for a signature records the shapes an arena layout needs.
         records: list[tuple[Any, ...]] | None = None
         if sig is not None and arena is None and len(self._layouts) < _MAX_LAYOUTS:
             records = []
-        index = 0
         step = None
         try:
             for index, step in enumerate(self.steps):
-                args = [env[i] if i is not None else None for i in step.inputs]
+                args = [env[i] for i in step.gather]
                 start = time.perf_counter() if timings is not None else 0.0
                 if arena is not None and (buf := out_bufs[index]) is not None:
-                    # The arena buffer fits only the shapes recorded when it was laid out.
-                    if all(
+                    if (fn := direct[index]) is not None:
+                        # Shapes and dtypes are as recorded: the kernel itself, no checks.
+                        result = fn(*args, out=buf)
+                        if result is None:  # a case the kernel leaves to the reference
+                            result = step.fn(*args)
+                    elif all(
                         a is None or a.shape == want
                         for a, want in zip(args, arena.in_shapes[index], strict=True)
                     ):
                         result = step.fn(*args, out=buf)
-                    else:
+                    else:  # the buffer fits only the shapes recorded when it was laid out
                         result = step.fn(*args)
                 elif step.subplans:
                     kwargs = dict(step.attrs)
@@ -138,13 +146,16 @@ class Plan:
                     result = step.fn(*args, **step.attrs)
                 if timings is not None:
                     timings.append(time.perf_counter() - start)
-                if not isinstance(result, tuple):  # a list is one sequence value, a tuple many
-                    result = (result,)
-                if records is not None:
-                    records.append(_shapes(args, result))
-                for out_slot, value in zip(step.outputs, result, strict=False):
-                    if out_slot is not None:
-                        env[out_slot] = value
+                if type(result) is not tuple:  # a list is one sequence value, a tuple many
+                    env[step.outputs[0] if step.outputs[0] is not None else -1] = result
+                    if records is not None:
+                        records.append(_shapes(args, (result,)))
+                else:
+                    if records is not None:
+                        records.append(_shapes(args, result))
+                    for out_slot, value in zip(step.outputs, result, strict=False):
+                        if out_slot is not None:
+                            env[out_slot] = value
                 for free_slot in step.frees:
                     env[free_slot] = None
         except EmberError:
@@ -163,6 +174,17 @@ class Plan:
                 for i, o in enumerate(outputs)
             ]
         return outputs
+
+    def _env_template(self) -> list[Any]:
+        """A fresh environment: constants in place, then two extra slots: [n_slots] stays None
+        (omitted inputs read it) and [-1] takes outputs nobody reads."""
+        template = self._cache.get("env")
+        if template is None:
+            template = [None] * (self.n_slots + 2)
+            for slot, value in self.constants:
+                template[slot] = value
+            self._cache["env"] = template
+        return list(template)
 
     # -- the arena ------------------------------------------------------------------------------
 
@@ -189,16 +211,32 @@ _BLAS_OPS = frozenset(
     "MatMul Gemm Conv ConvTranspose Einsum FusedConv FusedGemm FusedMatMul MultiHeadAttention "
     "Attention LSTM GRU RNN MatMulInteger ConvInteger QLinearMatMul QLinearConv".split()
 )
+# Ops whose output shape depends on the values of an input after the first (a shape, axes,
+# repeats, pads, bounds): unless those inputs are constants, shapes can change between runs with
+# the same input shapes. _VALUE_SHAPED_ANY: ops whose shapes depend on their data.
+_VALUE_SHAPED = frozenset(
+    "Reshape Expand Tile Slice Pad Resize Upsample ConstantOfShape Range OneHot Squeeze Unsqueeze "
+    "Split TopK CenterCropPad Col2Im DFT STFT MelWeightMatrix ReduceMax ReduceMin ReduceMean "
+    "ReduceSum ReduceProd ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceSumSquare "
+    "RandomNormalLike RandomUniformLike GridSample AffineGrid BlackmanWindow HannWindow "
+    "HammingWindow".split()
+)
+_VALUE_SHAPED_ANY = frozenset(
+    "NonZero Unique Compress NonMaxSuppression StringSplit ConstantOfShape Range "
+    "SequenceAt SequenceConstruct SplitToSequence ConcatFromSequence Loop If Scan "
+    "TfIdfVectorizer RegexFullMatch StringNormalizer Optional OptionalGetElement".split()
+)
 _MAX_LAYOUTS = 16  # input-shape signatures with an arena layout, per plan (batch sizes, lengths)
 
 
 def _shapes(args: Sequence[Any], result: tuple[Any, ...]) -> tuple[Any, ...]:
-    """(input shapes, first output's shape, its dtype) of one step, as ArenaLayout.build reads."""
+    """(input shapes, first output's shape, its dtype, all inputs float32) of one step."""
     in_shapes = tuple(a.shape if isinstance(a, np.ndarray) else None for a in args)
+    all_f32 = all(a is None or (isinstance(a, np.ndarray) and a.dtype == np.float32) for a in args)
     first = result[0] if result else None
     if isinstance(first, np.ndarray):
-        return (in_shapes, first.shape, first.dtype)
-    return (in_shapes, None, None)
+        return (in_shapes, first.shape, first.dtype, all_f32)
+    return (in_shapes, None, None, all_f32)
 
 
 class ArenaLayout:
@@ -217,12 +255,14 @@ class ArenaLayout:
         size: int,
         copy_outputs: frozenset[int],
         report: Any,
+        direct: list[Callable[..., Any] | None],
     ) -> None:
         self.offsets = offsets
         self.in_shapes = in_shapes
         self.size = size
         self.copy_outputs = copy_outputs
         self.report = report  # ember.memory.ArenaPlan
+        self.direct = direct  # per step: the unchecked kernel to call, or None
         self._n_steps = len(in_shapes)
         self._local = threading.local()
 
@@ -255,7 +295,7 @@ class ArenaLayout:
         roots: dict[int, frozenset[int]] = {}  # slot -> arena slots it may alias
         for i, step in enumerate(plan.steps):
             out = step.outputs[0] if step.outputs else None
-            _, shape, dtype = records[i]
+            _, shape, dtype, _ = records[i]
             backed = (
                 step.kernel is not None
                 and step.kernel.writes_out
@@ -283,7 +323,7 @@ class ArenaLayout:
                 end[r] = max(end[r], last_read.get(slot, producer_of[r]))
         requests = []
         for slot, i in producer_of.items():
-            _, shape, dtype = records[i]
+            _, shape, dtype, _ = records[i]
             size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
             inplace: tuple[int, ...] = ()
             step = plan.steps[i]
@@ -306,7 +346,15 @@ class ArenaLayout:
             for slot in producer_of
         }
         copy_outputs = frozenset(k for k, slot in enumerate(plan.output_slots) if roots.get(slot))
-        return cls(offsets, [r[0] for r in records], arena.size, copy_outputs, arena)
+        # Where recorded shapes hold for every run of the signature and a step's inputs were all
+        # float32, the planned run calls the kernel itself: no shape or dtype checks per call.
+        direct: list[Callable[..., Any] | None] = [None] * n
+        if plan.shape_static:
+            for i in offsets:
+                kernel = plan.steps[i].kernel
+                if kernel is not None and records[i][3]:
+                    direct[i] = kernel.raw
+        return cls(offsets, [r[0] for r in records], arena.size, copy_outputs, arena, direct)
 
 
 class Subgraph:
@@ -465,6 +513,7 @@ def compile_graph(
     for s, i in last_use.items():
         if s not in keep:
             frees[i].append(s)
+    none_slot = len(slots)  # Plan._env_template: the slot that is always None
     steps = tuple(
         Step(
             node,
@@ -477,8 +526,19 @@ def compile_graph(
             tuple(frees[i]),
             fallback,
             kernel,
+            tuple(none_slot if s is None else s for s in ins),
         )
         for i, (node, fn, ins, outs, attrs, subplans, fallback, kernel) in enumerate(steps_raw)
+    )
+    constant_slots = {slot for slot, _ in constants}
+    shape_static = not any(
+        step.subplans
+        or (
+            step.node.op_type in _VALUE_SHAPED
+            and any(s is not None and s not in constant_slots for s in step.inputs[1:])
+        )
+        or (step.node.op_type in _VALUE_SHAPED_ANY)
+        for step in steps
     )
     return Plan(
         graph=graph,
@@ -489,6 +549,7 @@ def compile_graph(
         output_slots=output_slots,
         captures=tuple(captures),
         arena_enabled=arena and native_kernels and not captures,
+        shape_static=shape_static,
     )
 
 
