@@ -158,15 +158,12 @@ class EmberEngine(Engine):
         super().__init__(spec, threads)
         # ember's native kernels run on its OpenMP pool (load(threads=)); the reference ops that
         # remain run on NumPy's BLAS pool (OpenBLAS or MKL), so both get the peers' thread count.
-        try:
-            from threadpoolctl import threadpool_info, threadpool_limits
-        except ImportError:
-            self.settings["blas_threads"] = "library default (pip install threadpoolctl to set it)"
-        else:
-            self._limits = threadpool_limits(limits=threads)
-            pools = threadpool_info()
-            self.settings["blas_threads"] = threads
-            self.settings["blas"] = sorted({f"{p['internal_api']} {p['version']}" for p in pools})
+        from threadpoolctl import threadpool_info, threadpool_limits
+
+        self._limits = threadpool_limits(limits=threads)
+        pools = threadpool_info()
+        self.settings["blas_threads"] = threads
+        self.settings["blas"] = sorted({f"{p['internal_api']} {p['version']}" for p in pools})
 
     def load(self, path: str) -> None:
         import ember

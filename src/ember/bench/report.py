@@ -90,13 +90,10 @@ def fairness_notes(doc: dict[str, Any]) -> list[str]:
     notes = []
     threads = [f"every engine gets {n} thread{'s' if n > 1 else ''}"]
     if "ember" in engines:
-        blas = engines["ember"]["settings"].get("blas_threads")
-        how = (
-            "NumPy's BLAS pool limited by threadpoolctl"
-            if isinstance(blas, int)
-            else ("NumPy's BLAS pool at its default size (threadpoolctl is not installed)")
+        threads.append(
+            f"ember: threads={n} (the OpenMP pool of its native kernels; NumPy's BLAS pool, "
+            "used by reference ops, gets the same count)"
         )
-        threads.append(f"ember: no thread option yet, {how}")
     if "ort" in engines:
         threads.append(f"ONNX Runtime: intra_op_num_threads={n}, inter_op_num_threads=1")
     if "openvino" in engines:

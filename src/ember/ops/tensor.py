@@ -7,6 +7,7 @@ and nothing downstream may write into an op's output either.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -147,11 +148,11 @@ def _reshape(data: np.ndarray, shape: list[int], allowzero: int) -> np.ndarray:
         elif s < -1:
             raise ValueError(f"Reshape: invalid dimension {s} in shape {shape}")
     if -1 in target:
-        known = int(np.prod([d for d in target if d != -1], dtype=np.int64))
+        known = math.prod(d for d in target if d != -1)  # math.prod: exact ints, no NumPy call
         if known == 0 or data.size % known:
             raise ValueError(f"Reshape: cannot reshape {data.shape} into {shape}")
         target[target.index(-1)] = data.size // known
-    if int(np.prod(target, dtype=np.int64)) != data.size:
+    if math.prod(target) != data.size:
         raise ValueError(
             f"Reshape: cannot reshape {data.shape} ({data.size} elements) into {shape}"
         )
@@ -181,8 +182,8 @@ def Flatten(x, *, axis=1):
     if not -r <= axis <= r:
         raise ValueError(f"Flatten: axis={axis} is out of range [{-r}, {r}] for rank {r}")
     axis = axis + r if axis < 0 else axis
-    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
-    inner = int(np.prod(x.shape[axis:], dtype=np.int64))
+    outer = math.prod(x.shape[:axis])
+    inner = math.prod(x.shape[axis:])
     return x.reshape(outer, inner)
 
 

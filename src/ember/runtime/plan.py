@@ -147,7 +147,8 @@ class Plan:
                 if timings is not None:
                     timings.append(time.perf_counter() - start)
                 if type(result) is not tuple:  # a list is one sequence value, a tuple many
-                    env[step.outputs[0] if step.outputs[0] is not None else -1] = result
+                    first = step.outputs[0] if step.outputs else None
+                    env[first if first is not None else -1] = result
                     if records is not None:
                         records.append(_shapes(args, (result,)))
                 else:
