@@ -150,10 +150,12 @@ def _agreement(row: dict[str, Any]) -> str:
 def ratio_table(docs: list[dict[str, Any]]) -> str:
     """Markdown: one row per model and batch; ember's median latency, then ember/peer speed."""
     bf16 = any(e["name"] == "openvino-bf16" for d in docs for e in d["engines"])
-    columns = [
-        ("openvino-bf16", "OpenVINO bf16") if k == "openvino" and bf16 else (k, t)
-        for k, t in COLUMNS
-    ]
+    # With --precision bf16 the peers' bf16 rows take the places of their default-precision rows.
+    bf16_rows = {
+        "openvino": ("openvino-bf16", "OpenVINO bf16"),
+        "torch": ("torch-bf16", "PyTorch bf16"),
+    }
+    columns = [bf16_rows[k] if bf16 and k in bf16_rows else (k, t) for k, t in COLUMNS]
     ov_ran = {e["precision_ran"] for d in docs for e in d["engines"] if e["name"] == "openvino"}
     ov_label = (
         f"OpenVINO default ({', '.join(sorted(x for x in ov_ran if x))})"
@@ -199,6 +201,13 @@ def write_results(
         if busy
         else "the machine was otherwise idle"
     )
+    ov_runs = (
+        "OpenVINO runs twice: with an f32 precision hint and a bf16 one; ONNX Runtime's CPU\n"
+        "provider has no bf16 mode and runs fp32; PyTorch runs under bf16 autocast."
+        if cfg["precision"] == "bf16"
+        else "OpenVINO runs twice: with an f32 precision hint (the fp32 comparison) and at its "
+        "default precision."
+    )
     text = f"""# ember benchmark results
 
 `{command}` on {m["time"][:10]}{" (quick mode)" if quick else ""}:
@@ -208,7 +217,7 @@ Each cell is **ember speed / peer speed** at that batch size: the peer's median 
 ember's, so **>1 means ember is faster** and 0.05x means ember takes 20 times as long. In brackets:
 a 95% bootstrap interval over the timed calls. "ember ms" is ember's median latency per call.
 Engines ran interleaved, each in its own process, with the same thread count; warm-up excluded.
-OpenVINO runs twice: with an f32 precision hint (the fp32 comparison) and at its default precision.
+{ov_runs}
 Every engine's outputs were compared with ember's exact mode (float64 accumulation); the per-engine
 numbers (p90/p99, throughput, load time, peak memory, agreement) are in the JSON and HTML reports.
 
