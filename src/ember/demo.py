@@ -87,7 +87,10 @@ def bench_against_ort(name: str, x: np.ndarray) -> None:
             )
         print(line)
     if ran_ort:
-        print("  (>1 would mean ember is faster: ember's ops are NumPy references for now)")
+        print(
+            "  (>1 means ember is faster; on a model this small, Python's per-node dispatch "
+            "is most of ember's time)"
+        )
     print(f"  full report with plots: ember bench {name} --batch 1,8,32 --html report.html")
 
 
