@@ -92,3 +92,29 @@ def test_unsupported_op_is_reported(tmp_path, capsys) -> None:
     assert main(["run", str(path), "--random"]) == 2
     err = capsys.readouterr().err
     assert "com.acme::Frobnicate (opset 1) is not implemented" in err and err.count("\n") == 1
+
+
+def test_profile_prints_top_ops_fusions_and_memory(model_file, capsys) -> None:
+    assert (
+        main(["profile", str(model_file), "--batch", "4", "--repeat", "3", "--threads", "1"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "per run (median), 1 steps, optimization level 3, threads 1" in out
+    assert "ai.ember::FusedGemm" in out and "onednn matmul" in out  # A is 2-D: a Gemm
+    assert "MatMul+Add+Relu -> ai.ember::FusedGemm" in out
+    assert "memory: no intermediate values" in out  # y is the one value, and outputs are not
+
+
+def test_profile_at_level_0_fuses_nothing(model_file, capsys) -> None:
+    assert main(["profile", str(model_file), "--level", "0", "--repeat", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "fused: nothing" in out and "3 steps" in out
+
+
+def test_profile_and_run_errors_are_one_line(model_file, tmp_path, capsys) -> None:
+    assert main(["profile", str(tmp_path / "missing.onnx")]) == 2
+    assert "ember profile: error:" in capsys.readouterr().err
+    assert main(["profile", str(model_file), "--input", "x=nope.npy"]) == 2
+    assert "no such file 'nope.npy'" in capsys.readouterr().err
+    assert main(["run", str(model_file), "--random", "--threads", "0"]) == 2
+    assert "threads must be a positive int" in capsys.readouterr().err

@@ -107,6 +107,8 @@ class Profile:
         lines.append("")
         if self.arena_bytes is None:
             lines.append("memory: no arena (exact mode or named outputs)")
+        elif not self.naive_bytes:
+            lines.append("memory: no intermediate values in the arena (outputs are per run)")
         else:
             assert self.naive_bytes is not None and self.peak_live_bytes is not None
             lines.append(
