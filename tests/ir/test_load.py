@@ -112,3 +112,13 @@ def test_sparse_constant_is_densified_without_touching_the_callers_proto() -> No
     y = ember.load(proto).run({})["y"]
     np.testing.assert_array_equal(y, [[0, 5, 0], [0, 7, 0]])
     assert proto.SerializeToString() == before
+
+
+def test_loaded_weights_are_numpy_arrays_of_their_own() -> None:
+    """Weights are copied out of the parsed proto once, so it is freed and .numpy() copies nothing."""
+    from ember.zoo import model_path
+
+    model = load_model(model_path("digits_cnn"))
+    tensors = [v.const_value for v in model.graph.initializers.values()]
+    assert tensors and all(type(t) is ir.Tensor for t in tensors)
+    assert all(t.numpy() is t.numpy() for t in tensors)

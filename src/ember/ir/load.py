@@ -100,7 +100,9 @@ def _densify_sparse_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def _from_proto(proto: onnx.ModelProto, where: str) -> ir.Model:
     try:
-        return ir.serde.deserialize_model(_densify_sparse_constants(proto))
+        model = ir.serde.deserialize_model(_densify_sparse_constants(proto))
+        _detach_from_proto(model)
+        return model
     except Exception as e:
         root: BaseException = e
         while root.__cause__ is not None:  # onnx_ir wraps the useful message in SerdeErrors
@@ -126,6 +128,20 @@ def _from_path(path: Path) -> ir.Model:
                     f"{tensor.location!r}, which is missing from {base}"
                 )
     return model
+
+
+def _detach_from_proto(model: ir.Model) -> None:
+    """Give every initializer its own NumPy array, so the parsed ModelProto can be freed.
+
+    A tensor deserialized by onnx_ir reads the proto's raw_data, and protobuf hands out a new copy
+    of those bytes on every read: each `.numpy()` would copy the weights again, and the proto
+    (all weights once more) would live as long as any one tensor points into it.
+    """
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.serde.TensorProtoTensor):
+                value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
 
 
 def _initializer_tensors(model: ir.Model) -> list[Any]:
