@@ -115,7 +115,7 @@ def test_sparse_constant_is_densified_without_touching_the_callers_proto() -> No
 
 
 def test_loaded_weights_are_numpy_arrays_of_their_own() -> None:
-    """Weights are copied out of the parsed proto once, so it is freed and .numpy() copies nothing."""
+    """Weights are copied out of the parsed proto once: it is freed, and .numpy() copies nothing."""
     from ember.zoo import model_path
 
     model = load_model(model_path("digits_cnn"))
