@@ -122,3 +122,14 @@ def test_router_never_picks_the_busiest_replica(balance):
         assert set(picks) == {0} and set(picks_without_0) == {1}
     else:
         assert set(picks) == {0, 1} and 0 not in picks_without_0
+
+
+@pytest.mark.parametrize(
+    ("cpus", "concurrent", "want"), [(2, 1, 2), (2, 2, 1), (2, 3, 1), (16, 4, 4)]
+)
+def test_concurrent_runs_share_the_cpus(monkeypatch, cpus, concurrent, want) -> None:
+    """N replicas (or executor threads) get cpus // N native threads each: never more than cores."""
+    from ember.serve import replicas
+
+    monkeypatch.setattr(replicas.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    assert replicas.intra_op_threads(concurrent) == want

@@ -17,7 +17,7 @@ from ember.serve.cache import ResponseCache, cache_key
 from ember.serve.config import ModelConfig
 from ember.serve.metrics import Metrics
 from ember.serve.protocol import datatype_of
-from ember.serve.replicas import InProcessExecutor, ReplicaPool
+from ember.serve.replicas import InProcessExecutor, ReplicaPool, intra_op_threads
 
 Feeds = dict[str, np.ndarray]
 
@@ -62,7 +62,12 @@ class ModelEndpoint:
         self.path = resolve_model_path(config.path)
         # NOTE: the router loads the model too, to validate inputs before they join a batch; a
         # signature-only load would save its memory for large models.
-        self.model = ember.load(self.path, exact=config.exact)
+        # In process (replicas=0), `threads` runs share the CPUs; replicas get theirs in the pool.
+        self.model = ember.load(
+            self.path,
+            exact=config.exact,
+            threads=intra_op_threads(config.threads) if config.replicas == 0 else None,
+        )
         self.batchable = is_batchable(self.model)
         self.cache = ResponseCache(config.cache_size) if config.cache_size > 0 else None
         self.output_names = [o.name for o in self.model.outputs]

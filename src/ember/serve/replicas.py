@@ -14,6 +14,7 @@ import concurrent.futures
 import itertools
 import json
 import multiprocessing
+import os
 import queue
 import random
 import struct
@@ -62,12 +63,26 @@ def unpack_message(buf: bytes) -> tuple[dict[str, Any], Feeds]:
     return header, tensors
 
 
-def replica_main(conn: Any, path: str, exact: bool) -> None:
+def intra_op_threads(concurrent: int) -> int:
+    """Native-kernel threads for each of `concurrent` runs at once (replicas or executor threads):
+    the CPUs this process may use, shared out, so N runs never ask for more threads than cores.
+
+    >>> intra_op_threads(10**6)
+    1
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, concurrent))
+
+
+def replica_main(conn: Any, path: str, exact: bool, threads: int | None = None) -> None:
     """The worker process: load the model, say ready, then run each request it is sent."""
     import ember
 
     try:
-        model = ember.load(path, exact=exact)
+        model = ember.load(path, exact=exact, threads=threads)
     except Exception as e:  # noqa: BLE001 - reported to the router, which fails loudly
         conn.send_bytes(pack_message({"id": -1, "error": f"{type(e).__name__}: {e}"}, {}))
         return
@@ -188,7 +203,7 @@ class ReplicaPool:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=replica_main,
-            args=(child, self.path, self.exact),
+            args=(child, self.path, self.exact, intra_op_threads(self.slots)),
             daemon=True,
             name=f"ember-replica-{r.index}",
         )
