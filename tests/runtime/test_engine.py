@@ -192,3 +192,34 @@ def test_shapes_computed_from_values_are_not_trusted_across_runs() -> None:
         y = model.run({"x": x, "shape": np.array(shape, np.int64)})["y"]
         np.testing.assert_allclose(y, want.reshape(shape), rtol=1e-5)
     assert ember.load(small_resnet()).plan().shape_static
+
+
+def test_one_arena_per_thread_serves_every_model_and_batch_size(resnet) -> None:
+    """Layouts of several models and batch sizes share the thread's one arena (the largest
+    layout's size, not their sum), and interleaving them never mixes up results."""
+    from ember.runtime import plan as plan_module
+
+    first, second = ember.load(resnet), ember.load(small_resnet(seed=1, channels=16))
+    inputs = {1: images(1), 3: images(3)}
+    want = {
+        (k, n): ember.load(proto, exact=True).run({"x": x})["y"]
+        for k, proto in ((0, resnet), (1, small_resnet(seed=1, channels=16)))
+        for n, x in inputs.items()
+    }
+    sizes: list[int] = []
+    errors: list[float] = []
+
+    def in_a_fresh_thread() -> None:  # a new thread starts with an empty arena
+        for _ in range(3):
+            for (k, n), y in want.items():
+                got = (first, second)[k].run({"x": inputs[n]})["y"]
+                errors.append(rel_err(got, y))
+        sizes.append(plan_module._thread_arena.memory.size)
+
+    t = threading.Thread(target=in_a_fresh_thread)
+    t.start()
+    t.join()
+    layouts = [layout for m in (first, second) for layout in m.plan()._layouts.values()]
+    assert len(layouts) == 4
+    assert sizes == [max(layout.size for layout in layouts)]
+    assert max(errors) < 1e-4

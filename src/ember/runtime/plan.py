@@ -9,8 +9,8 @@ Subgraph attributes (If, Loop, Scan) compile to nested Plans that read captured 
 from the caller's environment.
 
 Memory: the first run for a given set of input shapes records every value's shape; from then on the
-outputs of native kernels are written into one arena per thread, laid out by ember.memory from the
-values' lifetimes (see `ArenaLayout`).
+outputs of native kernels are written into one arena per thread (shared by every plan the thread
+runs), laid out by ember.memory from the values' lifetimes (see `ArenaLayout`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -265,18 +266,22 @@ class ArenaLayout:
         self.report = report  # ember.memory.ArenaPlan
         self.direct = direct  # per step: the unchecked kernel to call, or None
         self._n_steps = len(in_shapes)
-        self._local = threading.local()
 
     def buffers(self) -> list[np.ndarray | None]:
         """This thread's output buffer per step (None: the step allocates its own)."""
-        bufs = getattr(self._local, "bufs", None)
+        views = _thread_arena.views
+        bufs = views.get(self)
         if bufs is None:
-            arena = np.empty(max(self.size, 1), np.uint8)
+            if _thread_arena.memory.size < self.size:
+                # Grow this thread's one arena; views into the old one are dropped with it.
+                views.clear()
+                _thread_arena.memory = np.empty(self.size, np.uint8)
+            arena = _thread_arena.memory
             bufs = [None] * self._n_steps
             for i, (offset, shape, dtype) in self.offsets.items():
                 n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
                 bufs[i] = arena[offset : offset + n].view(dtype).reshape(shape)
-            self._local.bufs = bufs
+            views[self] = bufs
         return bufs
 
     @classmethod
@@ -356,6 +361,22 @@ class ArenaLayout:
                 if kernel is not None and records[i][3]:
                     direct[i] = kernel.raw
         return cls(offsets, [r[0] for r in records], arena.size, copy_outputs, arena, direct)
+
+
+class _ThreadArena(threading.local):
+    """One arena per thread, shared by every layout (input shapes) of every plan it runs: a
+    thread runs one plan at a time, so its arena is as big as the largest layout, not their sum.
+    """
+
+    def __init__(self) -> None:
+        self.memory = np.empty(0, np.uint8)
+        # layout -> its views into `memory`; weak, so a dropped Model's layouts go with it
+        self.views: weakref.WeakKeyDictionary[ArenaLayout, list[np.ndarray | None]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+
+_thread_arena = _ThreadArena()
 
 
 class Subgraph:
