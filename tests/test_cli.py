@@ -118,3 +118,29 @@ def test_profile_and_run_errors_are_one_line(model_file, tmp_path, capsys) -> No
     assert "no such file 'nope.npy'" in capsys.readouterr().err
     assert main(["run", str(model_file), "--random", "--threads", "0"]) == 2
     assert "threads must be a positive int" in capsys.readouterr().err
+
+
+def test_optimize_saves_a_model_ember_runs_to_the_same_outputs(tmp_path, capsys) -> None:
+    from ember.zoo import load_eval, model_path
+
+    out = tmp_path / "digits.opt.onnx"
+    assert main(["optimize", str(model_path("digits_cnn")), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "fused    2 x Conv+BatchNormalization+Relu -> ai.ember::FusedConv" in text
+    assert "BatchNormalization                     2 -> 0" in text
+    x = load_eval("digits_cnn").x[:16]
+    import ember
+
+    want = ember.load(model_path("digits_cnn"), exact=True).run({"input": x})["logits"]
+    reloaded = ember.load(out, level=0)  # the file itself holds the fused graph
+    assert {s.node.op_type for s in reloaded.plan().steps} >= {"FusedConv"}
+    np.testing.assert_allclose(reloaded.run({"input": x})["logits"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_optimize_refuses_to_overwrite_its_input_and_names_bad_files(model_file, capsys) -> None:
+    assert main(["optimize", str(model_file), "-o", str(model_file)]) == 2
+    assert "would overwrite the input model" in capsys.readouterr().err
+    assert main(["optimize", str(model_file.with_name("missing.onnx"))]) == 2
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["optimize", str(model_file), "--level", "4"])

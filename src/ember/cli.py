@@ -2,6 +2,7 @@
 
 ember inspect model.onnx
 ember run model.onnx --random --batch 8
+ember optimize model.onnx -o model.opt.onnx --level 3
 ember profile model.onnx --batch 1
 ember bench model.onnx --batch 1,8,32 --peers ort,openvino --json out.json --html out.html
 """
@@ -226,6 +227,39 @@ def _feeds(model: Any, args: argparse.Namespace) -> dict[str, np.ndarray]:
     return _load_inputs(args.input)
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from ember.ir import load_model, save_model
+    from ember.passes import optimize
+
+    model = load_model(args.model)
+    before = Counter(_op_name(n) for n in model.graph)
+    optimize(model, args.level)
+    after = Counter(_op_name(n) for n in model.graph)
+    out = Path(args.output) if args.output else Path(args.model).with_suffix(".opt.onnx")
+    if out.resolve() == Path(args.model).resolve():
+        raise ConfigError(f"-o {out}: would overwrite the input model; name another file")
+    save_model(model, out)
+    print(f"level {args.level}: {sum(before.values())} nodes -> {sum(after.values())}")
+    for op in sorted(set(before) | set(after), key=lambda o: (-after[o], o)):
+        if before[op] != after[op]:
+            print(f"  {op:<34} {before[op]:>5} -> {after[op]:<5}")
+    fused = Counter(
+        f"{n.metadata_props['ember.fused']} -> {_op_name(n)}"
+        for n in model.graph
+        if "ember.fused" in n.metadata_props
+    )
+    for pattern, count in fused.most_common():
+        print(f"  fused {count:>4} x {pattern}")
+    print(f"written to {out} (ember runs its ai.ember ops; other runtimes do not know them)")
+    return 0
+
+
+def _op_name(node: Any) -> str:
+    return f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     import ember
 
@@ -311,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(run)
     run.add_argument("-o", "--output", help="where to save outputs (default: MODEL.outputs.npz)")
     run.set_defaults(func=cmd_run)
+
+    opt = sub.add_parser("optimize", help="save the graph optimized at a level (0-3)")
+    opt.add_argument("model")
+    opt.add_argument("-o", "--output", help="where to save it (default: MODEL.opt.onnx)")
+    opt.add_argument("--level", type=int, choices=range(4), default=3)
+    opt.set_defaults(func=cmd_optimize)
 
     prof = sub.add_parser(
         "profile", help="per-node time, the top ops, what was fused, and activation memory"
