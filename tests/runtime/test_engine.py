@@ -223,3 +223,28 @@ def test_one_arena_per_thread_serves_every_model_and_batch_size(resnet) -> None:
     assert len(layouts) == 4
     assert sizes == [max(layout.size for layout in layouts)]
     assert max(errors) < 1e-4
+
+
+@pytest.mark.parametrize("spatial", [(11,), (5, 6, 7)])
+def test_1d_and_3d_convs_run_natively(spatial) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    k = len(spatial)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3) + (3,) * k).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1] * (2 * k), strides=[2] * k),
+            helper.make_node("Relu", ["c"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, *spatial])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w, b],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = ember.load(proto)
+    assert [s.kernel_name for s in model.plan().steps] == ["onednn conv"]
+    x = rng.standard_normal((2, 3, *spatial)).astype(np.float32)
+    want = ember.load(proto, exact=True).run({"x": x})["y"]
+    assert rel_err(model.run({"x": x})["y"], want) < 1e-5

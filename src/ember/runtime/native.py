@@ -125,17 +125,18 @@ def _conv(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) 
     w = constant(_input(node, 1))
     b_value = _input(node, 2)
     b = constant(b_value)
-    if w is None or w.dtype != F32 or w.ndim != 4 or (b_value is not None and b is None):
-        return None  # dynamic weights, 1-D/3-D convs: the reference handles them
-    pads = _explicit_pads(attrs, 2)
+    if w is None or w.dtype != F32 or not 3 <= w.ndim <= 5 or (b_value is not None and b is None):
+        return None  # dynamic weights, 4-D+ convs: the reference handles them
+    n = w.ndim - 2  # spatial axes: 1-D, 2-D or 3-D
+    pads = _explicit_pads(attrs, n)
     if pads is None:
         return None
     conv = dnnl.Conv(
         w,
         None if b is None else b.astype(F32),
-        strides=_spatial(attrs, "strides", 2, 1),
+        strides=_spatial(attrs, "strides", n, 1),
         pads=pads,
-        dilations=_spatial(attrs, "dilations", 2, 1),
+        dilations=_spatial(attrs, "dilations", n, 1),
         group=int(attrs.get("group", 1)),
         channels_last=bool(attrs.get("channels_last", 0)),
         activation=attrs.get("activation", ""),
