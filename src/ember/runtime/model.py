@@ -34,10 +34,16 @@ def _blas_pool() -> Any:
 
 
 def set_threads(n: int) -> None:
-    """Threads for the native kernels (oneDNN's and ember's OpenMP pool) of the calling thread."""
-    from ember.kernels.cpu import _C
+    """Threads for the native kernels (oneDNN's and ember's one OpenMP pool), process-wide."""
+    global _set_num_threads
+    if _set_num_threads is None:
+        from ember.kernels.cpu import _C
 
-    _C.set_num_threads(n)
+        _set_num_threads = _C.set_num_threads
+    _set_num_threads(n)
+
+
+_set_num_threads: Any = None  # ember._C.set_num_threads, once the extension is imported
 
 
 Dim = int | str | None  # a fixed size, a symbolic name, or unknown
@@ -175,7 +181,11 @@ class Model:
 
     def _args(self, inputs: Mapping[str, Any]) -> list[Any]:
         feeds = self.check_inputs(inputs)
-        return [feeds.get(v.name or "", _default(v)) for v in self.ir.graph.inputs]
+        args = []
+        for v in self.ir.graph.inputs:
+            name = v.name or ""
+            args.append(feeds[name] if name in feeds else _default(v))  # default only if absent
+        return args
 
     def _run_plan(
         self, plan: Plan, args: list[Any], timings: list[float] | None = None
@@ -183,7 +193,9 @@ class Model:
         if self.threads is None:
             return plan.run(args, timings=timings)
         if not self.exact:
-            set_threads(self.threads)  # per calling thread: OpenMP's thread count is thread-local
+            # Process-wide: set on every run, so that models loaded with different counts each
+            # run with their own.
+            set_threads(self.threads)
         if not plan.uses_blas:
             return plan.run(args, timings=timings)
         # Reference ops on NumPy's BLAS pool get the same thread count; the two pools take turns
