@@ -263,10 +263,13 @@ def _op_name(node: Any) -> str:
 def cmd_profile(args: argparse.Namespace) -> int:
     import ember
 
-    if not args.input:
-        args.random = True
     model = ember.load(args.model, level=args.level, threads=args.threads, precision=args.precision)
-    profile = model.profile(_feeds(model, args), repeat=args.repeat)
+    feeds = (
+        _load_inputs(args.input)
+        if args.input
+        else _random_inputs(model, args.batch, _parse_dims(args.dim), args.seed)
+    )
+    profile = model.profile(feeds, repeat=args.repeat)
     print(profile.format(top=args.top))
     return 0
 
@@ -295,6 +298,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if path:
             print(f"{flag} report written to {path}")
     return 0
+
+
+def _input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    p.add_argument(
+        "--batch", type=int, default=1, help="size of a symbolic first axis of random inputs"
+    )
+    p.add_argument(
+        "--dim", action="append", default=[], metavar="NAME=SIZE", help="bind a symbolic dim"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of random inputs")
 
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
@@ -332,15 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a model once on given or random inputs, save outputs")
     run.add_argument("model")
-    run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
     run.add_argument("--random", action="store_true", help="random inputs of the model's signature")
-    run.add_argument(
-        "--batch", type=int, default=1, help="size of a symbolic first axis with --random"
-    )
-    run.add_argument(
-        "--dim", action="append", default=[], metavar="NAME=SIZE", help="bind a symbolic dim"
-    )
-    run.add_argument("--seed", type=int, default=0)
+    _input_options(run)
     run.add_argument("--exact", action="store_true", help="float64 accumulation (the oracle mode)")
     _engine_options(run)
     run.add_argument("-o", "--output", help="where to save outputs (default: MODEL.outputs.npz)")
@@ -356,18 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
         "profile", help="per-node time, the top ops, what was fused, and activation memory"
     )
     prof.add_argument("model")
-    prof.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
-    prof.add_argument(
-        "--batch", type=int, default=1, help="size of symbolic batch dims (random inputs)"
-    )
-    prof.add_argument(
-        "--dim", action="append", default=[], metavar="NAME=SIZE", help="size of a symbolic dim"
-    )
-    prof.add_argument("--seed", type=int, default=0)
+    _input_options(prof)  # random inputs unless --input is given
     prof.add_argument("--repeat", type=int, default=20, help="profiled runs (median per step)")
     prof.add_argument("--top", type=int, default=15, help="rows per table")
     _engine_options(prof)
-    prof.set_defaults(func=cmd_profile, random=False)
+    prof.set_defaults(func=cmd_profile)
 
     b = sub.add_parser("bench", help="time ember against ONNX Runtime and OpenVINO, side by side")
     arg = b.add_argument
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=["fp32", "bf16", "int8"],
         default="fp32",
-        help="what peers run; ember runs fp32 whatever this says, and the report says so",
+        help="what every engine is asked to run; ember runs fp32 or bf16 (int8: fp32, and says so)",
     )
     arg(
         "--min-time",

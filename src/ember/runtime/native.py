@@ -27,15 +27,14 @@ class Kernel:
     """A native implementation of one node.
 
     fn(*inputs, out=None) -> output; `raw` is the same without the float32 check, for callers
-    that know the inputs are float32 (it may return None: run the reference). `writes_out`: fn
-    fills a caller-given float32 buffer of the output's shape (the memory arena's).
+    that know the inputs are float32 (it may return None: run the reference). Every kernel fills
+    a caller-given float32 `out` buffer of the output's shape (the memory arena's).
     `elementwise`: output element i depends only on element i of its same-shaped inputs, so the
     output may take the memory of an input that dies here.
     """
 
     fn: Callable[..., Any]
     name: str  # for profiles: "onednn conv", "ember softmax", ...
-    writes_out: bool = True
     elementwise: bool = False
     raw: Callable[..., Any] | None = None  # fn without the float32 check (None: same as fn)
 
@@ -218,60 +217,41 @@ def _matmul(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool
 
     def run(a: np.ndarray, b_: np.ndarray, *, out: Any = None) -> Any:
         if a.ndim < 2 or b_.ndim < 2 or a.ndim > 4 or b_.ndim > 4:
-            return np.matmul(a, b_)
+            return None  # 1-D or rank > 4: the reference
         return dnnl.matmul(a, b_, out=out)
 
     return Kernel(run, "onednn matmul")
 
 
-@_maker("", "MaxPool")
-@_maker(EMBER_DOMAIN, "MaxPool")
-def _max_pool(
-    node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool
-) -> Kernel | None:
+@_maker("", "MaxPool", "AveragePool")
+@_maker(EMBER_DOMAIN, "MaxPool", "AveragePool")
+def _pool(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) -> Kernel | None:
     from ember.kernels.cpu import dnnl
 
     k = attrs.get("kernel_shape")
     pads = _explicit_pads(attrs, 2)
-    if k is None or len(k) != 2 or pads is None or attrs.get("storage_order", 0):
+    if k is None or len(k) != 2 or pads is None:
         return None
     params: dict[str, Any] = dict(
         kernel_shape=list(k),
         strides=_spatial(attrs, "strides", 2, 1),
         pads=pads,
-        dilations=_spatial(attrs, "dilations", 2, 1),
         ceil_mode=int(attrs.get("ceil_mode", 0)),
         channels_last=bool(attrs.get("channels_last", 0)),
     )
+    if node.op_type == "MaxPool":
+        if attrs.get("storage_order", 0):
+            return None
+        pool = dnnl.max_pool
+        params["dilations"] = _spatial(attrs, "dilations", 2, 1)
+    else:
+        if _spatial(attrs, "dilations", 2, 1) != [1, 1]:
+            return None
+        pool = dnnl.avg_pool
+        params["count_include_pad"] = int(attrs.get("count_include_pad", 0))
 
     def run(x: np.ndarray, *, out: Any = None) -> Any:
-        return dnnl.max_pool(x, out=out, **params)
-
-    return Kernel(run, "onednn pooling")
-
-
-@_maker("", "AveragePool")
-@_maker(EMBER_DOMAIN, "AveragePool")
-def _avg_pool(
-    node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool
-) -> Kernel | None:
-    from ember.kernels.cpu import dnnl
-
-    k = attrs.get("kernel_shape")
-    pads = _explicit_pads(attrs, 2)
-    if k is None or len(k) != 2 or pads is None or _spatial(attrs, "dilations", 2, 1) != [1, 1]:
-        return None
-    params: dict[str, Any] = dict(
-        kernel_shape=list(k),
-        strides=_spatial(attrs, "strides", 2, 1),
-        pads=pads,
-        count_include_pad=int(attrs.get("count_include_pad", 0)),
-        ceil_mode=int(attrs.get("ceil_mode", 0)),
-        channels_last=bool(attrs.get("channels_last", 0)),
-    )
-
-    def run(x: np.ndarray, *, out: Any = None) -> Any:
-        return dnnl.avg_pool(x, out=out, **params)
+        return pool(x, out=out, **params)
 
     return Kernel(run, "onednn pooling")
 
@@ -287,7 +267,7 @@ def _global_avg_pool(
 
     def run(x: np.ndarray, *, out: Any = None) -> Any:
         if x.ndim != 4:
-            return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)
+            return None  # the reference handles 3-D and 5-D
         return dnnl.global_avg_pool(x, channels_last=channels_last, out=out)
 
     return Kernel(run, "onednn pooling")
@@ -384,8 +364,8 @@ def _transpose(
 
 
 # Elementwise ops on NumPy ufuncs with out=: what lets the arena hold their outputs, and in place.
-_UNARY = {
-    "Relu": None,
+_UNARY: dict[str, Callable[..., np.ndarray]] = {
+    "Relu": lambda x, out: np.maximum(x, np.float32(0), out=out),
     "Tanh": np.tanh,
     "Exp": np.exp,
     "Sqrt": np.sqrt,
@@ -394,23 +374,12 @@ _UNARY = {
 _BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
 
 
-def _relu(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-    return np.maximum(x, np.float32(0), out=out)
-
-
 @_maker("", *_UNARY)
 def _unary(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) -> Kernel | None:
-    if node.op_type == "Relu":
-        fn: Callable[..., np.ndarray] = _relu
-    else:
-        ufunc = _UNARY[node.op_type]
-        assert ufunc is not None
-
-        def fn(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-            return ufunc(x, out=out)
+    fn = _UNARY[node.op_type]
 
     def run(x: np.ndarray, *, out: Any = None) -> Any:
-        return np.asarray(fn(x, out))  # a ufunc gives a 0-d input back as a NumPy scalar
+        return np.asarray(fn(x, out=out))  # a ufunc gives a 0-d input back as a NumPy scalar
 
     return Kernel(run, "numpy " + node.op_type.lower(), elementwise=True)
 

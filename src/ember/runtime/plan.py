@@ -304,7 +304,6 @@ class ArenaLayout:
             _, shape, dtype, _ = records[i]
             backed = (
                 step.kernel is not None
-                and step.kernel.writes_out
                 and out is not None
                 and out not in output_slots
                 and shape is not None
