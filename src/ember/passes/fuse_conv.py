@@ -18,13 +18,13 @@ from ember.passes.rewrite import (
     attr_value,
     constant_array,
     fused_label,
+    fusion_result,
     match_activation,
     onnx_opset,
     rank,
     replace_chain,
     same_shape,
     sole_consumer,
-    use_ember_domain,
 )
 
 
@@ -157,9 +157,7 @@ class FuseConvAddPass(ir.passes.InPlacePass):
             new.metadata_props.update(_metadata([conv, add]))
             replace_chain(graph, [conv, add], new)
             count += 1
-        if count:
-            use_ember_domain(model)
-        return ir.passes.PassResult(model, modified=count > 0)
+        return fusion_result(model, count)
 
 
 class FuseConvActivationPass(ir.passes.InPlacePass):
@@ -185,9 +183,7 @@ class FuseConvActivationPass(ir.passes.InPlacePass):
             new.metadata_props.update(_metadata([conv, act_node]))
             replace_chain(graph, [conv, act_node], new)
             count += 1
-        if count:
-            use_ember_domain(model)
-        return ir.passes.PassResult(model, modified=count > 0)
+        return fusion_result(model, count)
 
 
 class FuseGemmActivationPass(ir.passes.InPlacePass):
@@ -217,9 +213,7 @@ class FuseGemmActivationPass(ir.passes.InPlacePass):
             )
             replace_chain(graph, [gemm, act_node], new)
             count += 1
-        if count:
-            use_ember_domain(model)
-        return ir.passes.PassResult(model, modified=count > 0)
+        return fusion_result(model, count)
 
 
 class ReduceMeanToGlobalAveragePoolPass(ir.passes.InPlacePass):

@@ -24,6 +24,7 @@ from ember.passes.rewrite import (
     attr_value,
     constant_array,
     fused_label,
+    fusion_result,
     match_activation,
     onnx_opset,
     rank,
@@ -339,9 +340,7 @@ class FuseMatMulActivationPass(ir.passes.InPlacePass):
             )
             _replace(graph, act_node.outputs[0], [new], [act_node, node])
             count += 1
-        if count:
-            use_ember_domain(model)
-        return ir.passes.PassResult(model, modified=count > 0)
+        return fusion_result(model, count)
 
 
 # --- 3. LayerNorm --------------------------------------------------------------------------------
@@ -381,9 +380,7 @@ class FuseLayerNormPass(ir.passes.InPlacePass):
             )
             _replace(graph, match.nodes[-1].outputs[0], [new], match.nodes)
             count += 1
-        if count:
-            use_ember_domain(model)
-        return ir.passes.PassResult(model, modified=count > 0)
+        return fusion_result(model, count)
 
 
 @dataclasses.dataclass
@@ -539,9 +536,7 @@ class FuseGeluPass(ir.passes.InPlacePass):
             )
             _replace(graph, match.nodes[-1].outputs[0], [new], match.nodes)
             count += 1
-        if count:
-            use_ember_domain(model)
-        return ir.passes.PassResult(model, modified=count > 0)
+        return fusion_result(model, count)
 
 
 @dataclasses.dataclass
@@ -679,9 +674,7 @@ class FuseAttentionPass(ir.passes.InPlacePass):
             if match is not None:
                 _fuse_attention(graph, match)
                 count += 1
-        if count:
-            use_ember_domain(model)
-        return ir.passes.PassResult(model, modified=count > 0)
+        return fusion_result(model, count)
 
 
 @dataclasses.dataclass

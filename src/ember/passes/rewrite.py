@@ -143,6 +143,14 @@ def use_ember_domain(model: ir.Model) -> None:
     model.opset_imports.setdefault(EMBER_DOMAIN, 1)  # the main graph's imports
 
 
+def fusion_result(model: ir.Model, count: int) -> ir.passes.PassResult:
+    """What a fusing pass returns: the model changed when it fused anything, and then it imports
+    the ai.ember opset its fused ops live in."""
+    if count:
+        use_ember_domain(model)
+    return ir.passes.PassResult(model, modified=count > 0)
+
+
 def onnx_opset(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
 
