@@ -9,3 +9,7 @@ EMBER_THREADS: int = int(os.environ.get("EMBER_THREADS", "0") or 0)
 
 #: Set to 0 to forbid the per-node fallback to onnx.reference for ops ember does not implement.
 EMBER_ALLOW_FALLBACK: bool = os.environ.get("EMBER_ALLOW_FALLBACK", "1") != "0"
+
+#: Set to 0 to run planned models step by step from Python instead of as one native Program
+#: (runtime/program.py); for debugging and for measuring what the Program saves.
+EMBER_PROGRAM: bool = os.environ.get("EMBER_PROGRAM", "1") != "0"

@@ -11,7 +11,7 @@ reference to float32 rounding (tests/runtime/test_native.py).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,12 +31,19 @@ class Kernel:
     a caller-given float32 `out` buffer of the output's shape (the memory arena's).
     `elementwise`: output element i depends only on element i of its same-shaped inputs, so the
     output may take the memory of an input that dies here.
+    `lower(inputs, out)`: the same call as a step of a C++ Program (runtime/program.py), on
+    buffers given as (number, shape), None for inputs it does not read (prepacked weights).
     """
 
     fn: Callable[..., Any]
     name: str  # for profiles: "onednn conv", "ember softmax", ...
     elementwise: bool = False
     raw: Callable[..., Any] | None = None  # fn without the float32 check (None: same as fn)
+    lower: Callable[[Sequence[BufferRef | None], BufferRef], Any] | None = None
+
+
+#: a buffer of a C++ Program: (buffer number, shape)
+BufferRef = tuple[int, tuple[int, ...]]
 
 
 Constant = Callable[[ir.Value | None], np.ndarray | None]
@@ -148,7 +155,10 @@ def _conv(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) 
     ) -> Any:
         return conv(x, z, out=out)
 
-    return Kernel(run, "onednn conv")
+    def lower(ins: Sequence[BufferRef | None], out: BufferRef) -> Any:
+        return conv.step(ins[0], ins[3] if len(ins) > 3 else None, out)
+
+    return Kernel(run, "onednn conv", lower=lower)
 
 
 def _gemm_kernel(
@@ -176,7 +186,10 @@ def _gemm_kernel(
     def run(a: np.ndarray, *_weights: Any, out: Any = None) -> Any:
         return matmul(a, out=out)
 
-    return Kernel(run, "onednn matmul")
+    def lower(ins: Sequence[BufferRef | None], out: BufferRef) -> Any:
+        return matmul.step(ins[0], out)
+
+    return Kernel(run, "onednn matmul", lower=lower)
 
 
 @_maker("", "Gemm")
@@ -253,7 +266,13 @@ def _pool(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) 
     def run(x: np.ndarray, *, out: Any = None) -> Any:
         return pool(x, out=out, **params)
 
-    return Kernel(run, "onednn pooling")
+    kind = 0 if node.op_type == "MaxPool" else 1 if params.get("count_include_pad") else 2
+    geometry = {k: v for k, v in params.items() if k != "count_include_pad"}
+
+    def lower(ins: Sequence[BufferRef | None], out: BufferRef) -> Any:
+        return dnnl.pool_step(ins[0], out, kind=kind, **geometry)
+
+    return Kernel(run, "onednn pooling", lower=lower)
 
 
 @_maker("", "GlobalAveragePool")
@@ -270,7 +289,15 @@ def _global_avg_pool(
             return None  # the reference handles 3-D and 5-D
         return dnnl.global_avg_pool(x, channels_last=channels_last, out=out)
 
-    return Kernel(run, "onednn pooling")
+    def lower(ins: Sequence[BufferRef | None], out: BufferRef) -> Any:
+        x = ins[0]
+        assert x is not None
+        if len(x[1]) != 4:
+            return None
+        spatial = x[1][1:-1] if channels_last else x[1][2:]
+        return dnnl.pool_step(x, out, kind=2, kernel_shape=spatial, channels_last=channels_last)
+
+    return Kernel(run, "onednn pooling", lower=lower)
 
 
 def _is_last_axis(axis: int, rank: int) -> bool:
@@ -351,16 +378,19 @@ def _transpose(
 
     perm = attrs.get("perm")
     if perm == [0, 2, 3, 1]:
-        to = dnnl.to_channels_last
+        to, to_last = dnnl.to_channels_last, True
     elif perm == [0, 3, 1, 2]:
-        to = dnnl.to_channels_first
+        to, to_last = dnnl.to_channels_first, False
     else:
         return None
 
     def run(x: np.ndarray, *, out: Any = None) -> Any:
         return to(x, out=out)
 
-    return Kernel(run, "onednn reorder")
+    def lower(ins: Sequence[BufferRef | None], out: BufferRef) -> Any:
+        return dnnl.relayout_step(ins[0], out, to_channels_last=to_last)
+
+    return Kernel(run, "onednn reorder", lower=lower)
 
 
 # Elementwise ops on NumPy ufuncs with out=: what lets the arena hold their outputs, and in place.

@@ -32,6 +32,8 @@ from ember.ir.verify import describe, subgraph_reads, topological_order
 from ember.ops import registry
 from ember.ops.registry import OpContext
 from ember.runtime import native
+from ember.runtime.program import Lowered
+from ember.runtime.program import lower as lower_program
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,13 +106,17 @@ class Plan:
 
         `timings`, when given, receives each step's wall time in seconds, in step order.
         """
+        sig = self._signature(inputs) if self.arena_enabled else None
+        arena = self._layouts.get(sig) if sig is not None else None
+        if arena is not None and arena.program is not None and timings is None:
+            results = arena.program.run(inputs, arena.memory())
+            if results is not None:
+                return results
         env = self._env_template()
         for slot, value in zip(self.input_slots, inputs, strict=True):
             env[slot] = value
         for captured, slot in self.captures:
             env[slot] = outer[captured] if outer is not None else None
-        sig = self._signature(inputs) if self.arena_enabled else None
-        arena = self._layouts.get(sig) if sig is not None else None
         out_bufs = arena.buffers() if arena is not None else []
         direct = arena.direct if arena is not None else []
         # The first run for a signature records the shapes an arena layout needs.
@@ -167,7 +173,9 @@ class Plan:
             raise ExecutionError(f"{describe(step.node)} failed: {type(e).__name__}: {e}") from e
         if records is not None:
             assert sig is not None
-            self._layouts[sig] = ArenaLayout.build(self, records)
+            self._layouts[sig] = ArenaLayout.build(
+                self, records, [s if np.dtype(d) == np.float32 else None for s, d in sig]
+            )
         outputs = [env[s] for s in self.output_slots]
         if arena is not None:
             # An output that may be a view of arena memory is copied out: the arena is reused.
@@ -258,6 +266,7 @@ class ArenaLayout:
         copy_outputs: frozenset[int],
         report: Any,
         direct: list[Callable[..., Any] | None],
+        program: Lowered | None = None,
     ) -> None:
         self.offsets = offsets
         self.in_shapes = in_shapes
@@ -265,18 +274,23 @@ class ArenaLayout:
         self.copy_outputs = copy_outputs
         self.report = report  # ember.memory.ArenaPlan
         self.direct = direct  # per step: the unchecked kernel to call, or None
+        self.program = program  # the whole run as one native call, when every step lowers
         self._n_steps = len(in_shapes)
+
+    def memory(self) -> np.ndarray:
+        """This thread's arena, grown to this layout's size if smaller."""
+        if _thread_arena.memory.size < self.size:
+            # Grow this thread's one arena; views into the old one are dropped with it.
+            _thread_arena.views.clear()
+            _thread_arena.memory = np.empty(self.size, np.uint8)
+        return _thread_arena.memory
 
     def buffers(self) -> list[np.ndarray | None]:
         """This thread's output buffer per step (None: the step allocates its own)."""
         views = _thread_arena.views
         bufs = views.get(self)
         if bufs is None:
-            if _thread_arena.memory.size < self.size:
-                # Grow this thread's one arena; views into the old one are dropped with it.
-                views.clear()
-                _thread_arena.memory = np.empty(self.size, np.uint8)
-            arena = _thread_arena.memory
+            arena = self.memory()
             bufs = [None] * self._n_steps
             for i, (offset, shape, dtype) in self.offsets.items():
                 n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -285,7 +299,11 @@ class ArenaLayout:
         return bufs
 
     @classmethod
-    def build(cls, plan: Plan, records: list[tuple[Any, ...]]) -> ArenaLayout:
+    def build(
+        cls, plan: Plan, records: list[tuple[Any, ...]], input_shapes: Sequence[Any]
+    ) -> ArenaLayout:
+        """The layout for one input signature from its first run's `records` (see _shapes);
+        `input_shapes`: each graph input's shape."""
         from ember.memory import Request, plan_arena
 
         n = len(plan.steps)
@@ -359,7 +377,12 @@ class ArenaLayout:
                 kernel = plan.steps[i].kernel
                 if kernel is not None and records[i][3]:
                     direct[i] = kernel.raw
-        return cls(offsets, [r[0] for r in records], arena.size, copy_outputs, arena, direct)
+        program = None
+        if plan.shape_static and flags.EMBER_PROGRAM:
+            program = lower_program(plan, input_shapes, records, offsets, arena.size)
+        return cls(
+            offsets, [r[0] for r in records], arena.size, copy_outputs, arena, direct, program
+        )
 
 
 class _ThreadArena(threading.local):

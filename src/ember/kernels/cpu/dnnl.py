@@ -14,6 +14,9 @@ import numpy as np
 
 from ember.kernels.cpu import _C
 
+#: a buffer of a Program (ember._C.Program): (buffer number, shape)
+BufferRef = tuple[int, Sequence[int]]
+
 # The activations Conv and MatMul fuse, with how many params each takes (ONNX attribute order;
 # missing ones take the ONNX defaults). Semantics = the ONNX op of that name.
 ACTIVATIONS: dict[str, int] = {
@@ -237,6 +240,39 @@ def global_avg_pool(
         raise ValueError(f"global_avg_pool: x must have rank >= 3, got shape {np.shape(x)}")
     spatial = x.shape[1:-1] if channels_last else x.shape[2:]
     return _pool(x, 2, spatial, None, None, None, False, channels_last, out)
+
+
+def pool_step(
+    x: BufferRef,
+    out: BufferRef,
+    *,
+    kind: int,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    dilations: Sequence[int] | None = None,
+    ceil_mode: bool | int = False,
+    channels_last: bool | int = False,
+) -> _C.ProgramStep:
+    """The pooling `_pool` runs (kind 0 max, 1 average counting padding, 2 average), as a step of
+    a Program on buffers given as (number, shape); shapes are checked now."""
+    nd = len(kernel_shape)
+    return _C.pool_step(
+        x,
+        kind,
+        [int(k) for k in kernel_shape],
+        _ints(strides, nd, 1),
+        _ints(pads, 2 * nd, 0),
+        _ints(dilations, nd, 1),
+        bool(ceil_mode),
+        bool(channels_last),
+        out,
+    )
+
+
+def relayout_step(x: BufferRef, out: BufferRef, *, to_channels_last: bool) -> _C.ProgramStep:
+    """to_channels_last / to_channels_first as a step of a Program (see pool_step)."""
+    return _C.relayout_step(x, out, to_channels_last)
 
 
 def to_channels_last(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

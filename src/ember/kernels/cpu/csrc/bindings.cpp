@@ -56,4 +56,5 @@ NB_MODULE(_C, m) {
 
   ember::bind_dnnl(m);
   ember::bind_math(m);
+  ember::bind_program(m);
 }

@@ -3,11 +3,17 @@
 // around the work. Python wrappers with docs: ember/kernels/cpu/dnnl.py.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <array>
+#include <optional>
+
 #include "bindings.h"
 #include "dnnl_kernels.h"
+#include "program.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -132,6 +138,40 @@ View read_optional(nb::handle h, const char* who, const char* name) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Lowering for a Program (program.h): each `step` checks the shapes once, as a call would, and
+// returns the kernel call on buffer numbers. Every Program buffer is C-contiguous.
+// ---------------------------------------------------------------------------------------------
+
+using Shape = std::array<int64_t, kMaxDims>;
+
+Shape ref_shape(const BufferRef& r, const char* who, const char* name) {
+  if (r.second.size() > static_cast<std::size_t>(kMaxDims))
+    invalid(std::string(who) + ": " + name + " has " + std::to_string(r.second.size()) +
+            " axes, at most " + std::to_string(kMaxDims) + " are supported");
+  if (r.first < 0) invalid(std::string(who) + ": " + name + " has a negative buffer number");
+  Shape s{};
+  std::copy(r.second.begin(), r.second.end(), s.begin());
+  return s;
+}
+
+int rank_of(const BufferRef& r) { return static_cast<int>(r.second.size()); }
+
+void check_out_ref(const BufferRef& y, const int64_t* want, int n, const char* who) {
+  ref_shape(y, who, "out");
+  if (rank_of(y) != n || !std::equal(want, want + n, y.second.begin()))
+    invalid(std::string(who) + ": out has shape " + shape_str(y.second.data(), rank_of(y)) +
+            ", expected " + shape_str(want, n));
+}
+
+// The Python wrapper of a bound C++ object: a step keeps its kernel alive through it.
+template <class T>
+nb::object owner_of(T* self) {
+  nb::object o = nb::find(self);
+  if (!o.is_valid()) invalid("step: the kernel has no Python object");
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Bound classes and functions
 // ---------------------------------------------------------------------------------------------
 
@@ -164,6 +204,24 @@ class Conv {
       kernel_->run(x.shape, x.data, z.data, y.data);
     }
     return y.obj;
+  }
+
+  ProgramStep step(const BufferRef& x, const std::optional<BufferRef>& z, const BufferRef& y) {
+    const Shape xs = ref_shape(x, "Conv", "x");
+    int64_t y_shape[5];
+    kernel_->output_shape(xs.data(), rank_of(x), y_shape);
+    check_out_ref(y, y_shape, rank_of(x), "Conv");
+    if (z) check_out_ref(*z, y_shape, rank_of(x), "Conv (z)");
+    ConvKernel* k = kernel_.get();
+    const int xi = x.first, zi = z ? z->first : -1, yi = y.first;
+    const bool empty = product(y_shape, rank_of(x)) == 0;
+    return {[k, xs, xi, zi, yi, empty](void* const* b) {
+              if (empty) return;
+              k->run(xs.data(), static_cast<const float*>(b[xi]),
+                     zi < 0 ? nullptr : static_cast<const float*>(b[zi]),
+                     static_cast<float*>(b[yi]));
+            },
+            owner_of(this)};
   }
 
   std::vector<std::string> implementations() { return kernel_->implementations(); }
@@ -199,6 +257,20 @@ class MatMul {
       kernel_->run(M, a.data, y.data);
     }
     return y.obj;
+  }
+
+  ProgramStep step(const BufferRef& a, const BufferRef& y) {
+    const Shape as = ref_shape(a, "MatMul", "a");
+    int64_t y_shape[kMaxDims];
+    kernel_->output_shape(as.data(), rank_of(a), y_shape);
+    check_out_ref(y, y_shape, rank_of(a), "MatMul");
+    MatMulKernel* k = kernel_.get();
+    const int64_t M = product(as.data(), rank_of(a) - 1);
+    const int ai = a.first, yi = y.first;
+    return {[k, M, ai, yi](void* const* b) {
+              if (M > 0) k->run(M, static_cast<const float*>(b[ai]), static_cast<float*>(b[yi]));
+            },
+            owner_of(this)};
   }
 
   std::vector<std::string> implementations() { return kernel_->implementations(); }
@@ -237,6 +309,44 @@ nb::object pool_(nb::handle xh, int kind, const std::vector<int64_t>& kernel,
     pool(attrs, g, x.shape, y_shape, x.data, y.data);
   }
   return y.obj;
+}
+
+ProgramStep pool_step(const BufferRef& x, int kind, const std::vector<int64_t>& kernel,
+                      const std::vector<int64_t>& strides, const std::vector<int64_t>& pads,
+                      const std::vector<int64_t>& dilations, bool ceil_mode, bool channels_last,
+                      const BufferRef& y) {
+  if (kind < kMaxPool || kind > kAvgExcludePad)
+    invalid("pool: kind must be 0 (max), 1 (average counting padding) or 2 (average), got " +
+            std::to_string(kind));
+  const PoolAttrs attrs{kind, kernel, strides, pads, dilations, ceil_mode, channels_last};
+  const Shape xs = ref_shape(x, pool_name(kind), "x");
+  Shape ys{};
+  const PoolGeometry g = pool_geometry(attrs, xs.data(), rank_of(x), ys.data());
+  check_out_ref(y, ys.data(), rank_of(x), pool_name(kind));
+  const int xi = x.first, yi = y.first;
+  return {[attrs, g, xs, ys, xi, yi](void* const* b) {
+            pool(attrs, g, xs.data(), ys.data(), static_cast<const float*>(b[xi]),
+                 static_cast<float*>(b[yi]));
+          },
+          nb::none()};
+}
+
+ProgramStep relayout_step(const BufferRef& x, const BufferRef& y, bool to_last) {
+  const char* who = to_last ? "to_channels_last" : "to_channels_first";
+  const Shape xs = ref_shape(x, who, "x");
+  const int rank = rank_of(x);
+  Shape ys{};
+  relayout_shape(xs.data(), rank, to_last, ys.data());
+  check_out_ref(y, ys.data(), rank, who);
+  const memory::dims strides = dense_strides(xs.data(), rank);
+  Shape xstrides{};
+  std::copy(strides.begin(), strides.end(), xstrides.begin());
+  const int xi = x.first, yi = y.first;
+  return {[xs, xstrides, rank, to_last, xi, yi](void* const* b) {
+            relayout(xs.data(), xstrides.data(), rank, to_last, static_cast<const float*>(b[xi]),
+                     static_cast<float*>(b[yi]));
+          },
+          nb::none()};
 }
 
 nb::object relayout_(nb::handle xh, nb::handle outh, bool to_last) {
@@ -278,6 +388,8 @@ void bind_dnnl(nb::module_& m) {
            "channels_last"_a, "activation"_a, "activation_params"_a, "bf16"_a)
       .def("__call__", &Conv::call, "x"_a, "z"_a.none() = nb::none(),
            "out"_a.none() = nb::none(), "y = act(conv(x) + bias + z), into out if given.")
+      .def("step", &Conv::step, "x"_a, "z"_a.none(), "out"_a,
+           "The call on buffers (number, shape) of a Program: x, z (None: no residual), out.")
       .def("implementations", &Conv::implementations,
            "oneDNN's implementation name for each cached primitive.");
 
@@ -288,6 +400,8 @@ void bind_dnnl(nb::module_& m) {
            "bf16"_a)
       .def("__call__", &MatMul::call, "a"_a, "out"_a.none() = nb::none(),
            "y = act(alpha * a @ B + bias), into out if given.")
+      .def("step", &MatMul::step, "a"_a, "out"_a,
+           "The call on buffers (number, shape) of a Program: a, out.")
       .def("implementations", &MatMul::implementations,
            "oneDNN's implementation name for each cached primitive.");
 
@@ -296,6 +410,11 @@ void bind_dnnl(nb::module_& m) {
   m.def("pool", &pool_, "x"_a, "kind"_a, "kernel_shape"_a, "strides"_a, "pads"_a, "dilations"_a,
         "ceil_mode"_a, "channels_last"_a, "out"_a.none() = nb::none(),
         "Max (kind 0) or average (1: count padding, 2: do not) pooling, ONNX output sizes.");
+  m.def("pool_step", &pool_step, "x"_a, "kind"_a, "kernel_shape"_a, "strides"_a, "pads"_a,
+        "dilations"_a, "ceil_mode"_a, "channels_last"_a, "out"_a,
+        "pool as a Program step on buffers (number, shape).");
+  m.def("relayout_step", &relayout_step, "x"_a, "out"_a, "to_channels_last"_a,
+        "to_channels_last/first as a Program step on buffers (number, shape).");
   m.def(
       "to_channels_last", [](nb::handle x, nb::handle out) { return relayout_(x, out, true); },
       "x"_a, "out"_a.none() = nb::none(), "(N, C, spatial...) -> (N, spatial..., C).");
