@@ -162,6 +162,10 @@ def test_profile_reports_steps_fusions_and_memory(resnet) -> None:
     text = profile.format()
     assert "top ops:" in text and "onednn conv" in text
     assert "memory: activation arena" in text
+    # small_resnet lowers to one native Program: the profile times that run too
+    assert profile.program_calls == len(profile.steps) - 1  # Flatten is a view, no call
+    assert profile.program_total is not None and profile.program_total > 0
+    assert "runs as one native Program (" in text
 
 
 def test_shapes_computed_from_values_are_not_trusted_across_runs() -> None:

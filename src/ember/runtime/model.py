@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -229,7 +230,15 @@ class Model:
             timings: list[float] = []
             self._run_plan(plan, args, timings)
             runs.append(timings)
-        return Profile.from_runs(self, plan, runs, plan.memory_layout(args))
+        layout = plan.memory_layout(args)
+        program_runs = None
+        if layout is not None and layout.program is not None:
+            program_runs = []
+            for _ in range(max(repeat, 1)):
+                start = time.perf_counter()
+                self._run_plan(plan, args)
+                program_runs.append(time.perf_counter() - start)
+        return Profile.from_runs(self, plan, runs, layout, program_runs)
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Validate `inputs` against the signature; InputError says expected vs got."""

@@ -35,10 +35,19 @@ class Profile:
     arena_bytes: int | None  # None: no arena (exact mode, or outputs=)
     naive_bytes: int | None  # one buffer per arena-backed value
     peak_live_bytes: int | None
+    # The run as one native Program (runtime/program.py): its kernel calls and median wall time.
+    # Steps are timed step by step (the Program has no per-step clock), so they sum to more.
+    program_calls: int | None = None
+    program_total: float | None = None
 
     @classmethod
     def from_runs(
-        cls, model: Model, plan: Plan, runs: list[list[float]], layout: ArenaLayout | None
+        cls,
+        model: Model,
+        plan: Plan,
+        runs: list[list[float]],
+        layout: ArenaLayout | None,
+        program_runs: list[float] | None = None,
     ) -> Profile:
         steps = []
         for i, step in enumerate(plan.steps):
@@ -64,6 +73,10 @@ class Profile:
             arena_bytes=None if report is None else report.size,
             naive_bytes=None if report is None else report.naive,
             peak_live_bytes=None if report is None else report.peak_live,
+            program_calls=None
+            if program_runs is None or layout is None or layout.program is None
+            else len(layout.program.program),
+            program_total=statistics.median(program_runs) if program_runs else None,
         )
 
     def by_op(self) -> list[tuple[str, str, int, float]]:
@@ -88,6 +101,14 @@ class Profile:
         lines = [
             f"{self.model}: {self.total * 1e3:.3f} ms per run (median), {len(self.steps)} steps, "
             f"optimization level {self.level}, threads {self.threads or 'default'}",
+        ]
+        if self.program_total is not None:
+            lines.append(
+                f"runs as one native Program ({self.program_calls} kernel calls): "
+                f"{self.program_total * 1e3:.3f} ms per run (median); the step times below are "
+                "from step-by-step runs"
+            )
+        lines += [
             "",
             "top ops:",
             f"  {'op':<34} {'kernel':<18} {'count':>5} {'ms':>9} {'share':>6}",
