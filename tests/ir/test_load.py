@@ -122,3 +122,19 @@ def test_loaded_weights_are_numpy_arrays_of_their_own() -> None:
     tensors = [v.const_value for v in model.graph.initializers.values()]
     assert tensors and all(type(t) is ir.Tensor for t in tensors)
     assert all(t.numpy() is t.numpy() for t in tensors)
+
+
+def test_loading_an_ir_model_leaves_the_callers_model_unchanged() -> None:
+    from tests.models import small_resnet
+
+    model = ir.serde.deserialize_model(small_resnet())
+    ops_before = [n.op_type for n in model.graph]
+    weights_before = {k: v.const_value.numpy().copy() for k, v in model.graph.initializers.items()}
+    fast = ember.load(model)  # level 3: fuses, folds BatchNormalization, goes channels-last
+    assert [n.op_type for n in model.graph] == ops_before
+    for name, w in weights_before.items():
+        np.testing.assert_array_equal(model.graph.initializers[name].const_value.numpy(), w)
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(
+        fast.run({"x": x})["y"], ember.load(model, exact=True).run({"x": x})["y"], rtol=1e-4
+    )

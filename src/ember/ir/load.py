@@ -31,7 +31,8 @@ def load_model(source: ModelSource, *, check: bool = True) -> ir.Model:
     'input'
     """
     if isinstance(source, ir.Model):
-        model = source
+        # A copy (tensors are shared, not copied): optimizing it must not change the caller's.
+        model = source.clone()
     elif isinstance(source, onnx.ModelProto):
         model = _from_proto(source, "<ModelProto>")
     elif isinstance(source, bytes | bytearray | memoryview):
