@@ -118,3 +118,76 @@ class Program:
         self, inputs: Sequence[np.ndarray], arena: np.ndarray, outputs: Sequence[np.ndarray]
     ) -> bool: ...
     def __len__(self) -> int: ...
+
+# --- int8 (dnnl_int8.cpp) ---
+class QConv:
+    def __init__(
+        self,
+        weight: np.ndarray,
+        w_scale: np.ndarray,
+        bias: np.ndarray | None,
+        x_scale: float,
+        x_zero_point: int,
+        x_dtype: str,
+        y_dtype: str,
+        y_scale: float,
+        y_zero_point: int,
+        has_z: bool,
+        z_scale: float,
+        z_zero_point: int,
+        strides: list[int],
+        pads: list[int],
+        dilations: list[int],
+        group: int,
+        channels_last: bool,
+        activation: str,
+        activation_params: list[float],
+        requantize: list[float],
+    ) -> None: ...
+    def __call__(
+        self, x: np.ndarray, z: np.ndarray | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray: ...
+    def implementations(self) -> list[str]: ...
+
+class QMatMul:
+    def __init__(
+        self,
+        b: np.ndarray,
+        b_scale: np.ndarray,
+        bias: np.ndarray | None,
+        trans_b: bool,
+        dynamic: bool,
+        a_scale: float,
+        a_zero_point: int,
+        a_dtype: str,
+        y_dtype: str,
+        y_scale: float,
+        y_zero_point: int,
+        activation: str,
+        activation_params: list[float],
+    ) -> None: ...
+    def __call__(self, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+    def implementations(self) -> list[str]: ...
+
+def quantize(
+    x: np.ndarray,
+    scale: float,
+    zero_point: int,
+    dtype: str,
+    channels_last: bool,
+    out: np.ndarray | None = None,
+) -> np.ndarray: ...
+def dequantize(
+    x: np.ndarray, scale: float, zero_point: int, channels_last: bool, out: np.ndarray | None = None
+) -> np.ndarray: ...
+def dynamic_quantize(x: np.ndarray) -> tuple[np.ndarray, float, int]: ...
+def max_pool_int8(
+    x: np.ndarray,
+    kernel_shape: list[int],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    ceil_mode: bool,
+    channels_last: bool,
+    out: np.ndarray | None = None,
+) -> np.ndarray: ...

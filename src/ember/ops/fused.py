@@ -17,6 +17,7 @@ from ember.ops import elementwise as elementwise_ops
 from ember.ops import linalg as linalg_ops
 from ember.ops import norm as norm_ops
 from ember.ops import pool as pool_ops
+from ember.ops import quant as quant_ops
 from ember.ops.registry import EMBER_DOMAIN, OpContext, op
 
 
@@ -250,6 +251,158 @@ def MultiHeadAttention(Q, K, V, mask=None, *, num_heads, scale=0.0, ctx=None):
     p /= p.sum(axis=-1, keepdims=True)
     out = (p @ v).transpose(0, 2, 1, 3).reshape(B, Sq, H * Dv)
     return out.astype(Q.dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# int8: what passes/fuse_quant.py rewrites QDQ (and QOperator) subgraphs into. Activations are
+# per-tensor quantized (a scalar scale and zero point), weights int8 symmetric with one scale or
+# one per output channel, biases float32 in real units. The accumulator is exact (integer), then
+# rescaled and requantized in float64: the native kernels (float32 rescale) agree to 1 LSB.
+
+
+def _requantize(v: np.ndarray, y_scale: np.ndarray | None, y_zero_point: np.ndarray | None):
+    """float v -> saturate(rint(v / y_scale) + y_zero_point), or float32 v when y_scale is None."""
+    if y_scale is None:
+        return v.astype(np.float32)
+    zp = y_zero_point if y_zero_point is not None else np.zeros((), np.uint8)
+    return quant_ops.quantize(v, y_scale.astype(np.float64).reshape(()), zp.reshape(()), zp.dtype)
+
+
+def _real(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None) -> np.ndarray:
+    """Dequantized per-tensor q in float64."""
+    v = q.astype(np.float64)
+    if zero_point is not None:
+        v = v - zero_point.astype(np.float64).reshape(())
+    return v * scale.astype(np.float64).reshape(())
+
+
+@op(domain=EMBER_DOMAIN)
+def QConv(
+    X,
+    x_scale,
+    x_zero_point,
+    W,
+    w_scale,
+    y_scale=None,
+    y_zero_point=None,
+    B=None,
+    Z=None,
+    z_scale=None,
+    z_zero_point=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+    activation="",
+    activation_params=(),
+    channels_last=0,
+    requantize=(),
+):
+    """Y = Q(activation(x_scale * w_scale[k] * ConvInteger(X, W, x_zero_point) + B + DQ(Z))).
+
+    X, Z, Y uint8/int8 per tensor (Z in Y's layout, dequantized with z_scale / z_zero_point); W
+    int8 (K, C/group, k...) with zero point 0 and w_scale of 1 or K values; B float32 (K,). Q is
+    QuantizeLinear with y_scale / y_zero_point; without y_scale, Y is the float32 value itself.
+    channels_last=1: X, Z and Y are N...C. requantize=(scale, zero_point, lowest, highest): the
+    convolution plus B goes through QuantizeLinear -> DequantizeLinear with these before Z is added
+    (the conv's own Q -> DQ on its way to a residual Add, which fusing folded in).
+    """
+    x = _nchw(X) if channels_last else X
+    acc = quant_ops.ConvInteger_10(
+        x,
+        W,
+        x_zero_point,
+        None,
+        auto_pad=auto_pad,
+        dilations=dilations,
+        group=group,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
+    )
+    K = W.shape[0]
+    scale = x_scale.astype(np.float64).reshape(()) * np.broadcast_to(
+        w_scale.astype(np.float64).reshape(-1), (K,)
+    )
+    v = acc * scale.reshape(1, K, *([1] * (acc.ndim - 2)))
+    if B is not None:
+        v = v + B.astype(np.float64).reshape(1, K, *([1] * (acc.ndim - 2)))
+    if channels_last:
+        v = np.moveaxis(v, 1, -1)
+    if len(requantize):
+        s, zp, lowest, highest = (float(r) for r in requantize)
+        v = (np.clip(np.rint(v / s) + zp, lowest, highest) - zp) * s
+    if Z is not None:
+        if Z.shape != v.shape:
+            raise ValueError(f"QConv: Z has shape {Z.shape}, the conv output {v.shape}")
+        if z_scale is None:
+            raise ValueError("QConv: Z given without z_scale")
+        v = v + _real(Z, z_scale, z_zero_point)
+    v = apply_activation(v, activation, activation_params)
+    return _requantize(v, y_scale, y_zero_point)
+
+
+@op(domain=EMBER_DOMAIN)
+def QMatMul(
+    A,
+    a_scale,
+    a_zero_point,
+    B,
+    b_scale,
+    y_scale=None,
+    y_zero_point=None,
+    bias=None,
+    *,
+    activation="",
+    activation_params=(),
+):
+    """Y = Q(activation(a_scale * b_scale[n] * MatMulInteger(A, B, a_zero_point) + bias)).
+
+    A uint8/int8 (..., K) per tensor; B int8 (K, N) with zero point 0 and b_scale of 1 or N values;
+    bias float32 (N,); without y_scale, Y is float32.
+    """
+    acc = quant_ops.MatMulInteger_10(A, B, a_zero_point, None)
+    N = B.shape[-1]
+    scale = a_scale.astype(np.float64).reshape(()) * np.broadcast_to(
+        b_scale.astype(np.float64).reshape(-1), (N,)
+    )
+    v = acc * scale
+    if bias is not None:
+        v = v + bias.astype(np.float64)
+    v = apply_activation(v, activation, activation_params)
+    return _requantize(v, y_scale, y_zero_point)
+
+
+@op(domain=EMBER_DOMAIN)
+def DynamicQMatMul(A, B, b_scale, bias=None, *, activation="", activation_params=()):
+    """ONNX Runtime's dynamic int8 matmul, float32 in and out: A quantized per call by
+    DynamicQuantizeLinear, then Cast(MatMulInteger(A_q, B, a_zp)) * (a_scale * b_scale) + bias.
+
+    B int8 (K, N) with zero point 0; b_scale 1 or N values; bias float32 (N,).
+    """
+    a_q, a_scale, a_zp = quant_ops.DynamicQuantizeLinear_11(A)
+    acc = quant_ops.MatMulInteger_10(a_q, B, a_zp, None)
+    y = acc.astype(np.float32) * (a_scale * b_scale.astype(np.float32).reshape(-1))
+    if bias is not None:
+        y = y + bias.astype(np.float32)
+    return apply_activation(y, activation, activation_params).astype(np.float32, copy=False)
+
+
+@op(domain=EMBER_DOMAIN)
+def QuantizeLinear(x, y_scale, y_zero_point=None, *, channels_last=0):
+    """ONNX QuantizeLinear, per tensor; channels_last=1 takes NC... and gives N...C."""
+    y = quant_ops.QuantizeLinear_13(x, y_scale, y_zero_point)
+    return _nhwc(y) if channels_last else y
+
+
+@op(domain=EMBER_DOMAIN)
+def DequantizeLinear(x, x_scale, x_zero_point=None, *, channels_last=0):
+    """ONNX DequantizeLinear, per tensor; channels_last=1 takes N...C and gives NC... ."""
+    y = quant_ops.DequantizeLinear_13(x, x_scale, x_zero_point)
+    return np.ascontiguousarray(_nchw(y)) if channels_last else y
 
 
 def fused_ops() -> list[str]:

@@ -20,6 +20,7 @@ from ember.passes.fuse_conv import (
     FuseGemmActivationPass,
     ReduceMeanToGlobalAveragePoolPass,
 )
+from ember.passes.fuse_quant import FuseQuantPass
 from ember.passes.layout import ChannelsLastPass
 
 try:
@@ -49,6 +50,8 @@ def basic_passes() -> list[ir.passes.PassBase]:
 def fusion_passes() -> list[ir.passes.PassBase]:
     """Level 2's own passes: fusions into the ai.ember ops."""
     return [
+        # int8 islands first: the float fusions must not take a quantized Conv or MatMul.
+        FuseQuantPass(),
         FuseConvBatchNormPass(),
         FuseConvAddPass(),
         FuseConvActivationPass(),

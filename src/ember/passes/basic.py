@@ -34,6 +34,9 @@ _RANDOM_OPS = frozenset(
         "Dropout",
     }
 )
+# A dequantized weight is 4x its int8 form, and the int8 kernels (passes/fuse_quant.py) read the
+# int8 form: DequantizeLinear of a constant stays a node.
+_KEEP_QUANTIZED = frozenset({"DequantizeLinear"})
 # Ops whose output size comes from an input's values, not its size: folded only when shape inference
 # has said how big the output is, so that a (100000, 100000) ConstantOfShape is never allocated.
 _SHAPE_FROM_VALUES = frozenset(
@@ -83,7 +86,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
 
     def _evaluate(self, node: ir.Node, opsets: dict[str, int]) -> list[np.ndarray] | None:
         """The node's outputs when it can be folded, else None."""
-        if node.op_type in _RANDOM_OPS and node.domain == "":
+        if node.domain == "" and (node.op_type in _RANDOM_OPS or node.op_type in _KEEP_QUANTIZED):
             return None
         if not any(v.uses() or v.is_graph_output() for v in node.outputs):
             return None  # dead: dead code removal takes it

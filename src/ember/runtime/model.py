@@ -188,7 +188,7 @@ class Model:
         # as the run.
         if type(inputs) is dict and len(inputs) == len(self._input_names):
             args = [inputs.get(name) for name in self._input_names]
-            key = tuple([(a.shape, a.dtype) for a in args if type(a) is np.ndarray])
+            key = tuple([(a.shape, a.dtype) for a in args if isinstance(a, np.ndarray)])
             if len(key) == len(args) and key in self._checked:
                 return args
         feeds = self.check_inputs(inputs)
@@ -196,10 +196,11 @@ class Model:
         for v in self.ir.graph.inputs:
             name = v.name or ""
             args.append(feeds[name] if name in feeds else _default(v))  # default only if absent
-        if len(feeds) == len(args) and all(type(a) is np.ndarray for a in args):
+        key = tuple([(a.shape, a.dtype) for a in args if isinstance(a, np.ndarray)])
+        if len(feeds) == len(args) == len(key):
             if len(self._checked) >= _MAX_CHECKED:
                 self._checked.clear()
-            self._checked.add(tuple((a.shape, a.dtype) for a in args))
+            self._checked.add(key)
         return args
 
     def _run_plan(

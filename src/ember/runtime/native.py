@@ -39,11 +39,21 @@ class Kernel:
     name: str  # for profiles: "onednn conv", "ember softmax", ...
     elementwise: bool = False
     raw: Callable[..., Any] | None = None  # fn without the float32 check (None: same as fn)
+    # fn checks its inputs' dtypes itself (the int8 kernels), returning None for what it does
+    # not take: no float32-only check in front of it.
+    any_dtype: bool = False
     lower: Callable[[Sequence[BufferRef | None], BufferRef], Any] | None = None
 
 
 #: a buffer of a C++ Program: (buffer number, shape)
 BufferRef = tuple[int, tuple[int, ...]]
+
+
+def _data(ins: Sequence[BufferRef | None]) -> BufferRef:
+    """A lowered kernel's first input: always a buffer (runtime/program.py checks)."""
+    x = ins[0]
+    assert x is not None, "lowering: the first input must be a buffer"
+    return x
 
 
 Constant = Callable[[ir.Value | None], np.ndarray | None]
@@ -69,17 +79,22 @@ def select(
     kernel = maker(node, params, constant, bf16)
     if kernel is None:
         return None
-    return dataclasses.replace(kernel, fn=_or_reference(kernel.fn, reference, attrs), raw=kernel.fn)
+    fn = _or_reference(kernel.fn, reference, attrs, f32_only=not kernel.any_dtype)
+    return dataclasses.replace(kernel, fn=fn, raw=kernel.fn)
 
 
 def _or_reference(
-    fn: Callable[..., Any], reference: Callable[..., Any], attrs: Mapping[str, Any]
+    fn: Callable[..., Any],
+    reference: Callable[..., Any],
+    attrs: Mapping[str, Any],
+    *,
+    f32_only: bool = True,
 ) -> Callable[..., Any]:
     ref_attrs = dict(attrs)
 
     def run(*args: Any, out: np.ndarray | None = None) -> Any:
         for a in args:
-            if a is not None and a.dtype != F32:
+            if f32_only and a is not None and a.dtype != F32:
                 return reference(*args, **ref_attrs)
         result = fn(*args, out=out)
         return reference(*args, **ref_attrs) if result is None else result
@@ -156,7 +171,7 @@ def _conv(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) 
         return conv(x, z, out=out)
 
     def lower(ins: Sequence[BufferRef | None], out: BufferRef) -> Any:
-        return conv.step(ins[0], ins[3] if len(ins) > 3 else None, out)
+        return conv.step(_data(ins), ins[3] if len(ins) > 3 else None, out)
 
     return Kernel(run, "onednn conv", lower=lower)
 
@@ -187,7 +202,7 @@ def _gemm_kernel(
         return matmul(a, out=out)
 
     def lower(ins: Sequence[BufferRef | None], out: BufferRef) -> Any:
-        return matmul.step(ins[0], out)
+        return matmul.step(_data(ins), out)
 
     return Kernel(run, "onednn matmul", lower=lower)
 
@@ -263,16 +278,22 @@ def _pool(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) 
         pool = dnnl.avg_pool
         params["count_include_pad"] = int(attrs.get("count_include_pad", 0))
 
+    int8_pool = _max_pool_int8(attrs, pads) if node.op_type == "MaxPool" else None
+
     def run(x: np.ndarray, *, out: Any = None) -> Any:
-        return pool(x, out=out, **params)
+        if x.dtype == F32:
+            return pool(x, out=out, **params)
+        if int8_pool is not None:  # int8 regions (passes/fuse_quant.py) pool int8 tensors
+            return int8_pool.fn(x, out=out)
+        return None
 
     kind = 0 if node.op_type == "MaxPool" else 1 if params.get("count_include_pad") else 2
     geometry = {k: v for k, v in params.items() if k != "count_include_pad"}
 
     def lower(ins: Sequence[BufferRef | None], out: BufferRef) -> Any:
-        return dnnl.pool_step(ins[0], out, kind=kind, **geometry)
+        return dnnl.pool_step(_data(ins), out, kind=kind, **geometry)
 
-    return Kernel(run, "onednn pooling", lower=lower)
+    return Kernel(run, "onednn pooling", lower=lower, any_dtype=True)
 
 
 @_maker("", "GlobalAveragePool")
@@ -290,8 +311,7 @@ def _global_avg_pool(
         return dnnl.global_avg_pool(x, channels_last=channels_last, out=out)
 
     def lower(ins: Sequence[BufferRef | None], out: BufferRef) -> Any:
-        x = ins[0]
-        assert x is not None
+        x = _data(ins)
         if len(x[1]) != 4:
             return None
         spatial = x[1][1:-1] if channels_last else x[1][2:]
@@ -388,7 +408,7 @@ def _transpose(
         return to(x, out=out)
 
     def lower(ins: Sequence[BufferRef | None], out: BufferRef) -> Any:
-        return dnnl.relayout_step(ins[0], out, to_channels_last=to_last)
+        return dnnl.relayout_step(_data(ins), out, to_channels_last=to_last)
 
     return Kernel(run, "onednn reorder", lower=lower)
 
@@ -444,3 +464,218 @@ def _clip(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) 
         return np.asarray(np.clip(x, lo_f, hi_f, out=out))
 
     return Kernel(run, "numpy clip", elementwise=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# int8 (passes/fuse_quant.py writes these ops): quantization parameters are constants, read here
+# once; the kernels check the tensors' dtypes per call and leave anything else to the reference.
+# ------------------------------------------------------------------------------------------------
+
+_INT8 = (np.dtype(np.uint8), np.dtype(np.int8))
+
+
+def _scalar(a: np.ndarray | None) -> float | int | None:
+    return None if a is None or a.size != 1 else a.reshape(-1)[0].item()
+
+
+def _qparam_pair(
+    node: ir.Node, constant: Constant, i_scale: int, i_zero: int
+) -> tuple[float, int, np.dtype] | None:
+    """(scale, zero point, its dtype) of a constant per-tensor pair of inputs, or None."""
+    scale_value, zero_value = _input(node, i_scale), _input(node, i_zero)
+    scale, zero = constant(scale_value), constant(zero_value)
+    if scale is None or scale.size != 1 or (zero_value is not None and zero is None):
+        return None
+    if zero is not None and (zero.size != 1 or zero.dtype not in _INT8):
+        return None
+    dtype = zero.dtype if zero is not None else np.dtype(np.uint8)
+    return float(scale.reshape(-1)[0]), int(_scalar(zero) or 0), dtype
+
+
+def _max_pool_int8(attrs: dict[str, Any], pads: list[int]) -> Kernel | None:
+    from ember.kernels.cpu import int8
+
+    if attrs.get("storage_order", 0):
+        return None
+    params: dict[str, Any] = dict(
+        kernel_shape=list(attrs["kernel_shape"]),
+        strides=_spatial(attrs, "strides", 2, 1),
+        pads=pads,
+        dilations=_spatial(attrs, "dilations", 2, 1),
+        ceil_mode=int(attrs.get("ceil_mode", 0)),
+        channels_last=bool(attrs.get("channels_last", 0)),
+    )
+
+    def run(x: np.ndarray, *, out: Any = None) -> Any:
+        if x.dtype not in _INT8:
+            return None
+        return int8.max_pool(x, out=out, **params)
+
+    return Kernel(run, "onednn int8 pooling", any_dtype=True)
+
+
+@_maker(EMBER_DOMAIN, "QConv")
+def _qconv(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) -> Kernel | None:
+    from ember.kernels.cpu import int8
+
+    x = _qparam_pair(node, constant, 1, 2)
+    w, w_scale = constant(_input(node, 3)), constant(_input(node, 4))
+    has_y = _input(node, 5) is not None
+    y = _qparam_pair(node, constant, 5, 6) if has_y else (1.0, 0, None)
+    b_value, z_value = _input(node, 7), _input(node, 8)
+    b = constant(b_value)
+    z = _qparam_pair(node, constant, 9, 10) if z_value is not None else None
+    if x is None or y is None or w is None or w_scale is None or w.dtype != np.int8:
+        return None
+    if not 3 <= w.ndim <= 5 or (b_value is not None and b is None) or (z_value and z is None):
+        return None
+    n = w.ndim - 2
+    pads = _explicit_pads(attrs, n)
+    if pads is None:
+        return None
+    conv = int8.QConv(
+        w,
+        w_scale.astype(F32),
+        None if b is None else b.astype(F32),
+        x_scale=x[0],
+        x_zero_point=x[1],
+        x_dtype=x[2],
+        y_scale=y[0],
+        y_zero_point=y[1],
+        y_dtype=y[2],
+        z_scale=None if z is None else z[0],
+        z_zero_point=0 if z is None else z[1],
+        strides=_spatial(attrs, "strides", n, 1),
+        pads=pads,
+        dilations=_spatial(attrs, "dilations", n, 1),
+        group=int(attrs.get("group", 1)),
+        channels_last=bool(attrs.get("channels_last", 0)),
+        activation=attrs.get("activation", ""),
+        activation_params=tuple(attrs.get("activation_params", ())),
+        requantize=tuple(attrs.get("requantize", ())),
+    )
+    x_dtype, z_dtype = x[2], None if z is None else np.dtype(y[2])
+
+    def run(xq: np.ndarray, *args: Any, out: Any = None) -> Any:
+        zq = args[7] if len(args) > 7 else None
+        if xq.dtype != x_dtype or (zq is not None and zq.dtype != z_dtype):
+            return None
+        return conv(
+            np.ascontiguousarray(xq), None if zq is None else np.ascontiguousarray(zq), out=out
+        )
+
+    return Kernel(run, "onednn int8 conv", any_dtype=True)
+
+
+@_maker(EMBER_DOMAIN, "QMatMul")
+def _qmatmul(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) -> Kernel | None:
+    from ember.kernels.cpu import int8
+
+    a = _qparam_pair(node, constant, 1, 2)
+    b, b_scale = constant(_input(node, 3)), constant(_input(node, 4))
+    y = _qparam_pair(node, constant, 5, 6) if _input(node, 5) is not None else (1.0, 0, None)
+    bias_value = _input(node, 7)
+    bias = constant(bias_value)
+    if a is None or y is None or b is None or b_scale is None or b.dtype != np.int8:
+        return None
+    if b.ndim != 2 or (bias_value is not None and bias is None):
+        return None
+    mm = int8.QMatMul(
+        b,
+        b_scale.astype(F32),
+        None if bias is None else bias.astype(F32),
+        a_scale=a[0],
+        a_zero_point=a[1],
+        a_dtype=a[2],
+        y_scale=y[0],
+        y_zero_point=y[1],
+        y_dtype=y[2],
+        activation=attrs.get("activation", ""),
+        activation_params=tuple(attrs.get("activation_params", ())),
+    )
+    a_dtype = a[2]
+
+    def run(aq: np.ndarray, *_: Any, out: Any = None) -> Any:
+        if aq.dtype != a_dtype or aq.ndim < 1:
+            return None
+        return mm(aq, out=out)
+
+    return Kernel(run, "onednn int8 matmul", any_dtype=True)
+
+
+@_maker(EMBER_DOMAIN, "DynamicQMatMul")
+def _dynamic_qmatmul(
+    node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool
+) -> Kernel | None:
+    from ember.kernels.cpu import int8
+
+    b, b_scale = constant(_input(node, 1)), constant(_input(node, 2))
+    bias_value = _input(node, 3)
+    bias = constant(bias_value)
+    if b is None or b_scale is None or b.dtype != np.int8 or b.ndim != 2:
+        return None
+    if bias_value is not None and bias is None:
+        return None
+    mm = int8.QMatMul(
+        b,
+        b_scale.astype(F32),
+        None if bias is None else bias.astype(F32),
+        dynamic=True,
+        activation=attrs.get("activation", ""),
+        activation_params=tuple(attrs.get("activation_params", ())),
+    )
+
+    def run(a: np.ndarray, *_: Any, out: Any = None) -> Any:
+        if a.dtype != F32 or a.ndim < 1 or a.size == 0:
+            return None
+        return mm(a, out=out)
+
+    return Kernel(run, "onednn int8 dynamic matmul", any_dtype=True)
+
+
+@_maker("", "QuantizeLinear")
+@_maker(EMBER_DOMAIN, "QuantizeLinear")
+def _quantize(
+    node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool
+) -> Kernel | None:
+    from ember.kernels.cpu import int8
+
+    q = _qparam_pair(node, constant, 1, 2)
+    if q is None or attrs.get("block_size", 0) or attrs.get("output_dtype", 0):
+        return None
+    scale, zero_point, dtype = q
+    channels_last = bool(attrs.get("channels_last", 0))
+
+    def run(x: np.ndarray, *_: Any, out: Any = None) -> Any:
+        if x.dtype != F32 or (channels_last and x.ndim < 3):
+            return None
+        return int8.quantize(x, scale, zero_point, dtype, channels_last=channels_last, out=out)
+
+    return Kernel(run, "ember quantize", any_dtype=True)
+
+
+@_maker("", "DequantizeLinear")
+@_maker(EMBER_DOMAIN, "DequantizeLinear")
+def _dequantize(
+    node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool
+) -> Kernel | None:
+    from ember.kernels.cpu import int8
+
+    q = _qparam_pair(node, constant, 1, 2)
+    if q is None or attrs.get("block_size", 0) or attrs.get("output_dtype", 0):
+        return None
+    scale_array = constant(_input(node, 1))
+    if scale_array is None or scale_array.dtype != F32:
+        return None  # a float16 scale gives float16
+    scale, zero_point, zero_dtype = q
+    has_zero = _input(node, 2) is not None
+    channels_last = bool(attrs.get("channels_last", 0))
+
+    def run(x: np.ndarray, *_: Any, out: Any = None) -> Any:
+        if x.dtype not in _INT8 or (has_zero and x.dtype != zero_dtype):
+            return None
+        if channels_last and x.ndim < 3:
+            return None
+        return int8.dequantize(x, scale, zero_point, channels_last=channels_last, out=out)
+
+    return Kernel(run, "ember dequantize", any_dtype=True)

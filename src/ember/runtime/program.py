@@ -103,7 +103,7 @@ def lower(
     produced = {b[1] for b in buffers if b[0] == _OUTPUT}
     if produced != set(range(len(plan.output_slots))):
         return None  # an output that is a graph input, a constant or a view
-    output_shapes = [()] * len(plan.output_slots)
+    output_shapes: list[tuple[int, ...]] = [()] * len(plan.output_slots)
     for kind, where, shape in buffers:
         if kind == _OUTPUT:
             output_shapes[where] = shape

@@ -56,5 +56,6 @@ NB_MODULE(_C, m) {
 
   ember::bind_dnnl(m);
   ember::bind_math(m);
+  ember::bind_int8(m);
   ember::bind_program(m);
 }
