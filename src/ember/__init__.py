@@ -6,6 +6,8 @@
 """
 
 from ember import ops as _ops  # noqa: F401  (registers every op)
+from ember.compress.api import quantize
+from ember.compress.config import QuantConfig
 from ember.errors import (
     ConfigError,
     EmberError,
@@ -35,8 +37,10 @@ __all__ = [
     "InputError",
     "Model",
     "ModelError",
+    "QuantConfig",
     "TensorSpec",
     "UnsupportedError",
     "__version__",
     "load",
+    "quantize",
 ]

@@ -5,6 +5,7 @@ ember run model.onnx --random --batch 8
 ember optimize model.onnx -o model.opt.onnx --level 3
 ember profile model.onnx --batch 1
 ember bench model.onnx --batch 1,8,32 --peers ort,openvino --json out.json --html out.html
+ember quantize model.onnx -o model.int8.onnx --mode static --calib calib.npz --max-drop 0.01
 """
 
 from __future__ import annotations
@@ -300,6 +301,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from ember.compress.api import quantize
+    from ember.compress.config import QuantConfig
+
+    out = Path(args.output)
+    if out.resolve() == Path(args.model).resolve():
+        raise ConfigError(f"-o {out}: would overwrite the input model; name another file")
+    options: dict[str, Any] = {"mode": args.mode, "bits": args.bits, "method": args.method}
+    for field in ("per_channel", "group_size", "max_drop", "calibration_samples"):
+        if getattr(args, field) is not None:
+            options[field] = getattr(args, field)
+    config = QuantConfig(**options)
+    result = quantize(args.model, config, args.calib, eval_data=args.eval, progress=not args.quiet)
+    result.save(out)  # atomic; only reached when quantize succeeded (BudgetError writes nothing)
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.fidelity is not None:
+        print(result.fidelity.format())
+    else:
+        print("fidelity not measured: give --eval data.npz (or --calib) to measure it")
+    if result.kept_fp32:
+        print(f"kept in fp32 ({len(result.kept_fp32)}): {', '.join(result.kept_fp32)}")
+    print(f"written to {out}")
+    return 0
+
+
 def _input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
     p.add_argument(
@@ -425,6 +452,60 @@ def build_parser() -> argparse.ArgumentParser:
     arg("--html", metavar="OUT.html", help="write a self-contained HTML report with plots")
     arg("-q", "--quiet", action="store_true", help="no progress bar or notes, tables only")
     b.set_defaults(func=cmd_bench)
+
+    q = sub.add_parser(
+        "quantize", help="int8/int4/fp16/bf16 model, its fidelity against fp32, within a budget"
+    )
+    arg = q.add_argument
+    arg("model")
+    arg("-o", "--output", required=True, help="where to write the quantized model")
+    arg(
+        "--mode",
+        choices=["static", "dynamic", "weight-only", "fp16", "bf16"],
+        default="static",
+        help="static int8 (needs --calib), dynamic int8, weight-only int8/int4, fp16, bf16",
+    )
+    arg("--bits", type=int, choices=[8, 4], default=8, help="4 only with --mode weight-only")
+    arg(
+        "--calib",
+        metavar="DATA.npz",
+        help="calibration samples: one array per model input, named after it (+ optional labels)",
+    )
+    arg(
+        "--method",
+        choices=["minmax", "percentile", "entropy", "mse"],
+        default="minmax",
+        help="how calibration turns activation ranges into clip ranges (default minmax)",
+    )
+    arg(
+        "--per-channel",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="per-channel weight scales (default on)",
+    )
+    arg("--group-size", type=int, default=None, metavar="N", help="weight-only: 32, 64 or 128")
+    arg(
+        "--calib-samples",
+        dest="calibration_samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="calibrate on at most N samples",
+    )
+    arg(
+        "--max-drop",
+        type=float,
+        default=None,
+        metavar="0.01",
+        help="accuracy budget (0.01 = 1 point): keep the most sensitive layers in fp32 to meet it",
+    )
+    arg(
+        "--eval",
+        metavar="DATA.npz",
+        help="held-out samples for the fidelity report (with `labels`: the accuracy drop)",
+    )
+    arg("-q", "--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_quantize)
 
     from ember.serve.cli import add_parser as add_serve_parser
 
