@@ -611,6 +611,24 @@ def test_attention_becomes_multi_head_attention(key: str, scores: str, mask: str
     assert fused(mha).endswith(f"+{n_transposes} Transpose+{n_reshapes} Reshape)")
 
 
+def test_sdpa_key_with_a_computed_shape_and_another_symbol_for_the_batch() -> None:
+    """ORT's quantizer stores its own shape inference's names (`unk__14`) where the exporter
+    wrote `batch`, on a Reshape whose target is computed: the count of elements still proves that
+    the first dim is B, so the attention fuses (ORT-quantized MiniLM)."""
+    inputs = f"float[{B}, {S}, {C}] x, bool[{B}, 1, 1, {S}] keep, int64[4] back"
+    make = attention("sdpa", "both", "finite", inputs=inputs)
+
+    def rewrite(m: ir.Model) -> None:
+        infer_shapes(m)
+        for kt in (n.outputs[0] for n in m.graph if n.outputs[0].name == "kt"):
+            kt.shape = ir.Shape(["unk__14", H, D, S])  # as ORT's quantizer records it
+        just(*ATTENTION_PASSES)(m)
+
+    feeds = [*attention_feeds("finite"), ATTENTION_CONSTS["back"]]
+    m = check_rewrite(make, rewrite, feeds)
+    assert attrs(only(m, "MultiHeadAttention"))["num_heads"] == H
+
+
 def test_attention_label_names_what_it_replaced() -> None:
     m = check_rewrite(attention(), with_shapes(*ATTENTION_PASSES), attention_feeds())
     label = "Attention(MatMul+Div+Add+Softmax+MatMul+4 Transpose+4 Reshape)"

@@ -878,6 +878,9 @@ def _key_heads(value: ir.Value, nodes: list[ir.Node]) -> _Heads | None:
     if back_dims is None or len(back_dims) != 4:
         return None
     b_ok, s_ok = _same(back_dims[0], b, bhsd[0]), _same(back_dims[3], s, bhsd[2])
+    # A Reshape keeps the count of elements, B*H*S*D: with H, D and S known ints in the last
+    # three dims, the first can only be B, whatever symbol shape inference named it.
+    b_ok = b_ok or (back_dims[1] == h and back_dims[2] == d and isinstance(s, int) and s_ok)
     if not (b_ok and back_dims[2] == d and s_ok) or _differs(back_dims[1], h):
         return None  # not [B, H, D, S] (given B, D and S, the count of elements fixes H)
     nodes += [back, t3, flat, *found]
