@@ -183,8 +183,10 @@ def _gemm_kernel(
     bias: np.ndarray | None,
     attrs: Mapping[str, Any],
     bf16: bool,
+    a: ir.Value | None = None,
 ) -> Kernel | None:
     from ember.kernels.cpu import dnnl
+    from ember.runtime import sparse
 
     if a_trans or b.ndim != 2 or b.dtype != F32:
         return None
@@ -197,14 +199,29 @@ def _gemm_kernel(
         activation_params=tuple(attrs.get("activation_params", ())),
         bf16=bf16,
     )
+    # A mostly-zero weight: the sparse kernel when it times faster here (runtime/sparse.py).
+    kernel: Any = matmul
+    if not bf16:
+        choice = sparse.choose(
+            b,
+            bias,
+            matmul,
+            trans_b=trans_b,
+            alpha=float(attrs.get("alpha", 1.0)),
+            activation=attrs.get("activation", ""),
+            activation_params=tuple(attrs.get("activation_params", ())),
+            rows=sparse.expected_rows(a),
+        )
+        kernel = choice.sparse or matmul
 
     def run(a: np.ndarray, *_weights: Any, out: Any = None) -> Any:
-        return matmul(a, out=out)
+        return kernel(a, out=out)
 
     def lower(ins: Sequence[BufferRef | None], out: BufferRef) -> Any:
-        return matmul.step(_data(ins), out)
+        return kernel.step(_data(ins), out)
 
-    return Kernel(run, "onednn matmul", lower=lower)
+    name = "onednn matmul" if kernel is matmul else "ember sparse matmul"
+    return Kernel(run, name, lower=lower)
 
 
 @_maker("", "Gemm")
@@ -222,7 +239,13 @@ def _gemm(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool) 
             return None  # a C that is not a row vector: the reference broadcasts it
         bias = (np.broadcast_to(c.reshape(-1), (n,)) * float(attrs.get("beta", 1.0))).astype(F32)
     return _gemm_kernel(
-        bool(attrs.get("transA", 0)), b, bool(attrs.get("transB", 0)), bias, attrs, bf16
+        bool(attrs.get("transA", 0)),
+        b,
+        bool(attrs.get("transB", 0)),
+        bias,
+        attrs,
+        bf16,
+        _input(node, 0),
     )
 
 
@@ -239,7 +262,7 @@ def _matmul(node: ir.Node, attrs: dict[str, Any], constant: Constant, bf16: bool
     if b is not None:
         if b.ndim != 2:
             return None
-        return _gemm_kernel(False, b, False, bias, attrs, bf16)
+        return _gemm_kernel(False, b, False, bias, attrs, bf16, _input(node, 0))
     if bias_value is not None or attrs.get("activation"):
         return None
 

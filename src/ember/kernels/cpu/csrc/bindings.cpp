@@ -58,4 +58,5 @@ NB_MODULE(_C, m) {
   ember::bind_math(m);
   ember::bind_int8(m);
   ember::bind_program(m);
+  ember::bind_sparse(m);
 }
