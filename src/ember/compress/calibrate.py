@@ -21,6 +21,8 @@ Sample = dict[str, np.ndarray]  # one batch: graph input name -> array
 
 #: bins of every calibration histogram (16 KiB per tensor, whatever the number of samples)
 HISTOGRAM_BINS = 2048
+#: samples per calibration run: such a run holds every activation it measures until its end
+CALIBRATION_CHUNK = 8
 
 
 class Histogram:
@@ -267,10 +269,16 @@ def stream_tensors(
 
     runner = ember.Model(model, level=0, name="calibration")
     names = list(dict.fromkeys(tensors))
+    # A run asked for these tensors keeps every one of them alive to its end: split batches along
+    # a free batch axis so that memory follows CALIBRATION_CHUNK, not the caller's batch size.
+    free_batch = all(s.shape is not None and not isinstance(s.shape[0], int) for s in runner.inputs)
     batches = 0
     for batch in limit_samples(samples, limit):
-        values = runner.run(batch, outputs=names) if names else {}
-        visit(values)
+        n = batch_size_of(batch)
+        step = CALIBRATION_CHUNK if free_batch else n
+        for start in range(0, n, step):
+            chunk = batch if step >= n else {k: v[start : start + step] for k, v in batch.items()}
+            visit(runner.run(chunk, outputs=names) if names else {})
         batches += 1
         if progress is not None:
             progress(batches)
