@@ -175,6 +175,31 @@ def test_calibrate_mnist_mlp_ranges() -> None:
     assert [n.op_type for n in model.graph] == ["Gemm", "Relu", "Gemm", "Relu", "Gemm"]
 
 
+def test_big_batches_run_in_chunks_with_the_same_ranges(monkeypatch) -> None:
+    """A run keeps every measured tensor alive to its end, so a batch of 100 runs as chunks of
+    CALIBRATION_CHUNK samples: memory follows the chunk, the ranges do not change."""
+    import ember
+    from ember.compress.calibrate import CALIBRATION_CHUNK
+
+    model = load_model(model_path("mnist_mlp"))
+    x = load_eval("mnist_mlp").x[:100]
+    tensors = ["input", "/1/Relu_output_0", "logits"]
+    one_by_one = calibrate(
+        model, [{"input": x[i : i + 1]} for i in range(100)], QuantConfig(), tensors=tensors
+    )
+    sizes: list[int] = []
+    run = ember.Model.run
+
+    def recording(self, inputs, outputs=None):  # type: ignore[no-untyped-def]
+        sizes.append(len(inputs["input"]))
+        return run(self, inputs, outputs)
+
+    monkeypatch.setattr(ember.Model, "run", recording)
+    chunked = calibrate(model, [{"input": x}], QuantConfig(), tensors=tensors)
+    assert max(sizes) == CALIBRATION_CHUNK and sum(sizes) == 100
+    assert chunked == one_by_one
+
+
 def model_logits(model: object, x: np.ndarray) -> np.ndarray:
     import ember
 
