@@ -176,10 +176,14 @@ def test_calibrate_mnist_mlp_ranges() -> None:
 
 
 def test_big_batches_run_in_chunks_with_the_same_ranges(monkeypatch) -> None:
-    """A run keeps every measured tensor alive to its end, so a batch of 100 runs as chunks of
-    CALIBRATION_CHUNK samples: memory follows the chunk, the ranges do not change."""
+    """A run keeps every measured tensor alive to its end, so a batch of 100 runs in chunks that
+    keep those tensors under CALIBRATION_BYTES: memory follows the budget, the ranges do not
+    change."""
+    import importlib
+
     import ember
-    from ember.compress.calibrate import CALIBRATION_CHUNK
+
+    calibration = importlib.import_module("ember.compress.calibrate")  # not the function
 
     model = load_model(model_path("mnist_mlp"))
     x = load_eval("mnist_mlp").x[:100]
@@ -194,9 +198,12 @@ def test_big_batches_run_in_chunks_with_the_same_ranges(monkeypatch) -> None:
         sizes.append(len(inputs["input"]))
         return run(self, inputs, outputs)
 
+    one = ember.Model(model, level=0).run({"input": x[:1]}, outputs=tensors)
+    per_sample = sum(v.nbytes for v in one.values())  # what one sample's tensors weigh
     monkeypatch.setattr(ember.Model, "run", recording)
+    monkeypatch.setattr(calibration, "CALIBRATION_BYTES", per_sample * 10)
     chunked = calibrate(model, [{"input": x}], QuantConfig(), tensors=tensors)
-    assert max(sizes) == CALIBRATION_CHUNK and sum(sizes) == 100
+    assert sizes == [1] + [10] * 9 + [9] and sum(sizes) == 100
     assert chunked == one_by_one
 
 

@@ -21,8 +21,10 @@ Sample = dict[str, np.ndarray]  # one batch: graph input name -> array
 
 #: bins of every calibration histogram (16 KiB per tensor, whatever the number of samples)
 HISTOGRAM_BINS = 2048
-#: samples per calibration run: such a run holds every activation it measures until its end
-CALIBRATION_CHUNK = 8
+#: A calibration run holds every tensor it measures until its end: runs take as many samples as
+#: keep those under CALIBRATION_BYTES (at least one, at most CALIBRATION_MAX_CHUNK).
+CALIBRATION_BYTES = 32 * 2**20
+CALIBRATION_MAX_CHUNK = 64
 
 
 class Histogram:
@@ -270,15 +272,22 @@ def stream_tensors(
     runner = ember.Model(model, level=0, name="calibration")
     names = list(dict.fromkeys(tensors))
     # A run asked for these tensors keeps every one of them alive to its end: split batches along
-    # a free batch axis so that memory follows CALIBRATION_CHUNK, not the caller's batch size.
+    # a free batch axis so that memory follows CALIBRATION_BYTES, not the caller's batch size.
     free_batch = all(s.shape is not None and not isinstance(s.shape[0], int) for s in runner.inputs)
+    step = 1  # samples per run: one, until a run has shown what a sample's tensors weigh
     batches = 0
     for batch in limit_samples(samples, limit):
         n = batch_size_of(batch)
-        step = CALIBRATION_CHUNK if free_batch else n
-        for start in range(0, n, step):
-            chunk = batch if step >= n else {k: v[start : start + step] for k, v in batch.items()}
-            visit(runner.run(chunk, outputs=names) if names else {})
+        start = 0
+        while start < n:
+            size = step if free_batch else n
+            chunk = batch if size >= n else {k: v[start : start + size] for k, v in batch.items()}
+            values = runner.run(chunk, outputs=names) if names else {}
+            visit(values)
+            held = sum(v.nbytes for v in values.values() if isinstance(v, np.ndarray))
+            per_sample = max(held // max(batch_size_of(chunk), 1), 1)
+            step = int(min(max(CALIBRATION_BYTES // per_sample, 1), CALIBRATION_MAX_CHUNK))
+            start += size
         batches += 1
         if progress is not None:
             progress(batches)
