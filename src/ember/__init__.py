@@ -6,8 +6,16 @@
 """
 
 from ember import ops as _ops  # noqa: F401  (registers every op)
+from ember.compress import (
+    DistillConfig,
+    LowRankConfig,
+    PruneConfig,
+    QuantConfig,
+    distill,
+    lowrank,
+    prune,
+)
 from ember.compress.api import quantize
-from ember.compress.config import QuantConfig
 from ember.errors import (
     ConfigError,
     EmberError,
@@ -32,15 +40,21 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "ConfigError",
+    "DistillConfig",
     "EmberError",
     "ExecutionError",
     "InputError",
+    "LowRankConfig",
     "Model",
     "ModelError",
+    "PruneConfig",
     "QuantConfig",
     "TensorSpec",
     "UnsupportedError",
     "__version__",
+    "distill",
     "load",
+    "lowrank",
+    "prune",
     "quantize",
 ]

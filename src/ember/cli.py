@@ -6,6 +6,9 @@ ember optimize model.onnx -o model.opt.onnx --level 3
 ember profile model.onnx --batch 1
 ember bench model.onnx --batch 1,8,32 --peers ort,openvino --json out.json --html out.html
 ember quantize model.onnx -o model.int8.onnx --mode static --calib calib.npz --max-drop 0.01
+ember prune model.onnx -o model.pruned.onnx --kind structured --sparsity 0.5 --eval eval.npz
+ember distill teacher.onnx student.onnx -o student.distilled.onnx --data train.npz --eval eval.npz
+ember lowrank model.onnx -o model.lowrank.onnx --energy 0.95
 """
 
 from __future__ import annotations
@@ -507,8 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     arg("-q", "--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_quantize)
 
+    from ember.compress.commands import add_parsers as add_compress_parsers
     from ember.serve.cli import add_parser as add_serve_parser
 
+    add_compress_parsers(sub)  # prune, lowrank, distill
     add_serve_parser(sub)
     return p
 
