@@ -293,6 +293,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         task=args.task,
         dims=_parse_dims(args.dim),
         seed=args.seed,
+        ember_model=args.ember_model,
         json=args.json,
         html=args.html,
         progress=not args.quiet,
@@ -420,7 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=["fp32", "bf16", "int8"],
         default="fp32",
-        help="what every engine is asked to run; ember runs fp32 or bf16 (int8: fp32, and says so)",
+        help="what every engine is asked to run (int8: ONNX Runtime's QDQ model of it, for all)",
+    )
+    arg(
+        "--ember-model",
+        metavar="FILE.onnx",
+        help="ember runs this compressed version of MODEL (pruned, distilled, quantized); the "
+        "peers run MODEL (with --precision int8, their int8 of it)",
     )
     arg(
         "--min-time",

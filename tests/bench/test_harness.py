@@ -163,10 +163,15 @@ def test_int8_is_labelled_as_what_ran(tmp_path) -> None:
     doc = report.data
     assert validate(doc) == []
     engines = {e["name"]: e for e in doc["engines"]}
-    assert engines["ember"]["precision_ran"] == "fp32"
-    assert engines["ember"]["notes"] == ["ember has no int8 path yet: it ran fp32"]
+    assert engines["ember"]["precision_ran"] == "int8 QDQ" and engines["ember"]["quantized"]
+    assert engines["ember"]["notes"] == [
+        "the same int8 QDQ model as ONNX Runtime, fused into ember's int8 kernels"
+    ]
     assert engines["ort"]["precision_ran"] == "int8 QDQ" and engines["ort"]["quantized"]
-    assert any("ember has no int8 path yet and ran fp32" in line for line in doc["fairness"])
+    assert any("ember ran the same int8 QDQ model" in line for line in doc["fairness"])
+    # both ran the same file: ember agrees with ORT to a few int8 steps
+    ember_out = report.result("ember", 2)["agreement"]["max_abs_err"]
+    assert ember_out < 0.1
     # int8 is not exact: the report measures how far off it is instead of hiding it.
     assert report.result("ort", 2)["agreement"]["max_abs_err"] > 0
 
@@ -249,3 +254,25 @@ def test_openvino_twice_with_its_hints(tmp_path) -> None:
         assert two["settings"]["inference_num_threads"] == doc["config"]["threads"]
         assert one["agreement"]["top1_agreement"] == 1.0
     assert any("OpenVINO twice" in line for line in doc["fairness"])
+
+
+def test_ember_can_run_a_compressed_model_against_the_peers_original(tmp_path) -> None:
+    """What a user deploys: ember on its pruned/quantized file, the peers on the original (or
+    their int8 of it); agreement is still measured against the original."""
+    pytest.importorskip("onnxruntime")
+    original, compressed = tmp_path / "mlp.onnx", tmp_path / "mlp.small.onnx"
+    onnx.save(mlp(), original)
+    smaller = mlp()
+    w = onnx.numpy_helper.to_array(smaller.graph.initializer[0]).copy()
+    w[np.abs(w) < 0.35] = 0.0  # "pruned": some outputs move
+    smaller.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w, "W"))
+    onnx.save(smaller, compressed)
+    report = ember.bench(
+        original, ember_model=compressed, batches=[2], peers=["ort"], progress=False, **FAST
+    )
+    engines = {e["name"]: e for e in report.data["engines"]}
+    assert "ran mlp.small.onnx, not the model the peers ran" in engines["ember"]["notes"]
+    assert report.result("ort", 2)["agreement"]["max_abs_err"] < 1e-5
+    assert report.result("ember", 2)["agreement"]["max_abs_err"] > 1e-3  # the pruned weights show
+    with pytest.raises(ember.ModelError, match="ember_model: no such model file"):
+        ember.bench(original, ember_model=tmp_path / "nope.onnx", peers=[], progress=False)

@@ -110,13 +110,14 @@ def test_rows_per_precision(precision, module, rows) -> None:
     specs = engine_specs(peers, precision, has_module=module)
     assert [s.name for s in specs] == rows
     ember_row = specs[0]
-    # ember runs fp32 or bf16; int8 it cannot yet, and the row says so instead of hiding it.
-    assert ember_row.precision == ("bf16" if precision == "bf16" else "fp32")
+    # ember runs what is asked; with int8, the same QDQ model as the peers, and the row says so.
+    assert ember_row.precision == precision
     assert (ember_row.notes == ()) == (precision != "int8")
     if precision == "bf16":
         assert specs[1].precision == "fp32" and "no bf16 mode" in specs[1].notes[0]
     if precision == "int8":
-        assert specs[1].quantized and specs[3].quantized and not specs[2].quantized
+        assert ember_row.quantized and specs[1].quantized and specs[3].quantized
+        assert not specs[2].quantized
 
 
 def test_inputs() -> None:

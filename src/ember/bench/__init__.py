@@ -58,6 +58,7 @@ def bench(
     torch_module: Any = None,
     input_names: Sequence[str] | None = None,
     name: str | None = None,
+    ember_model: str | os.PathLike[str] | None = None,
     json: str | os.PathLike[str] | None = None,
     html: str | os.PathLike[str] | None = None,
     progress: bool = True,
@@ -72,6 +73,9 @@ def bench(
       positional example inputs; default: random data of the model's signature (`dims` sizes
       symbolic dims other than the batch).
     peers: any of "ort", "openvino", "torch"; default: ort and openvino, plus torch for a module.
+    ember_model: an ONNX file ember runs instead of `model`, such as a pruned, distilled or
+      quantized version of it (same inputs and outputs); the peers still run `model` (with
+      precision="int8", their int8 of it), and agreement is still measured against `model`.
       A peer that is not installed is skipped with one line saying how to install it.
     The timing options are BenchConfig's. `progress` shows a bar and notes on stderr; `show` prints
     the tables when done (default: when `progress` is on).
@@ -105,6 +109,7 @@ def bench(
         torch_module=torch_module,
         input_names=input_names,
         name=name,
+        ember_model=ember_model,
         progress=Progress(enabled=progress),
     )
     if show if show is not None else progress:

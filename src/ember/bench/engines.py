@@ -78,6 +78,7 @@ _NOTE_ORT_INT8 = (
 _NOTE_ORT_BF16 = "ONNX Runtime's CPU provider has no bf16 mode for an fp32 model: it ran fp32"
 _NOTE_OV_DEFAULT = "no precision hint: OpenVINO's default (bf16 on CPUs that have it)"
 _NOTE_OV_INT8 = "the same int8 QDQ model as ONNX Runtime; OpenVINO's default precision elsewhere"
+_NOTE_EMBER_INT8 = "the same int8 QDQ model as ONNX Runtime, fused into ember's int8 kernels"
 _NOTE_TORCH = {
     "fp32": "eager, torch.inference_mode",
     "bf16": "eager, torch.autocast bf16",
@@ -88,16 +89,14 @@ _NOTE_TORCH = {
 def engine_specs(peers: list[str], precision: str, has_module: bool) -> list[EngineSpec]:
     """The rows of a run: ember first, then each peer in the order asked (OpenVINO twice).
 
-    Missing peers are kept here; the harness skips them with one line. ember runs fp32 or bf16;
-    it has no int8 path yet, so it runs fp32 when int8 is asked, and says so.
+    Missing peers are kept here; the harness skips them with one line. With int8, every engine
+    runs the int8 QDQ model ONNX Runtime's quantizer makes of the fp32 one.
 
     >>> [s.name for s in engine_specs(["ort", "openvino"], "fp32", has_module=False)]
     ['ember', 'ort', 'openvino-f32', 'openvino']
     """
     if precision == "int8":
-        specs = [
-            EngineSpec("ember", "ember", "fp32", notes=("ember has no int8 path yet: it ran fp32",))
-        ]
+        specs = [EngineSpec("ember", "ember", "int8", quantized=True, notes=(_NOTE_EMBER_INT8,))]
     else:
         specs = [EngineSpec("ember", "ember", "bf16" if precision == "bf16" else "fp32")]
     for peer in peers:

@@ -351,10 +351,16 @@ def run_bench(
     torch_module: Any = None,
     input_names: Sequence[str] | None = None,
     name: str | None = None,
+    ember_model: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> BenchReport:
     """Benchmark `model` (a path, bytes, ModelProto, onnx_ir.Model or torch.nn.Module); see
     ember.bench.bench for the arguments."""
+    ember_path = None
+    if ember_model is not None:
+        ember_path = Path(ember_model)
+        if not ember_path.is_file():
+            raise ModelError(f"ember_model: no such model file {str(ember_model)!r}")
     progress = progress or Progress(enabled=False)
     with tempfile.TemporaryDirectory(prefix="ember-bench-") as tmp:
         source = _resolve_model(model, inputs, input_names, Path(tmp), config, progress)
@@ -365,7 +371,7 @@ def run_bench(
                 "the torch peer needs a torch.nn.Module: pass one from Python, "
                 "ember.bench(module, inputs=...) or ember.bench(model, torch_module=module, ...)"
             )
-        return _run(source, config, torch_module, Path(tmp), name, progress)
+        return _run(source, config, torch_module, Path(tmp), name, progress, ember_path)
 
 
 class _Source:
@@ -436,6 +442,7 @@ def _run(
     tmp: Path,
     name: str | None,
     progress: Progress,
+    ember_path: Path | None = None,
 ) -> BenchReport:
     import ember
 
@@ -469,7 +476,9 @@ def _run(
     results: list[dict[str, Any]] = []
     task = config.task
     try:
-        _start_all(specs, engines, runners, paths, torch_module, config, progress, source.name)
+        _start_all(
+            specs, engines, runners, paths, torch_module, config, progress, source.name, ember_path
+        )
         for batch in config.batches:
             ref_out = [np.asarray(v) for v in reference.run(feeds[batch]).values()]
             if task == "auto":
@@ -583,8 +592,10 @@ def _start_all(
     config: BenchConfig,
     progress: Progress,
     model_name: str,
+    ember_path: Path | None = None,
 ) -> None:
-    """Start and load every engine, one after the other (so that load times do not overlap)."""
+    """Start and load every engine, one after the other (so that load times do not overlap);
+    ember loads `ember_path` instead when given."""
     module_bytes: bytes | None = None
     if torch_module is not None:
         try:
@@ -597,7 +608,10 @@ def _start_all(
         if entry["status"] != "ok":
             continue
         progress.update(f"{model_name}: loading {spec.label}")
-        runner, reply = _start(spec, config, paths[spec.quantized], torch_module, module_bytes)
+        path = ember_path if spec.peer == "ember" and ember_path else paths[spec.quantized]
+        if path is ember_path:
+            entry["notes"].append(f"ran {ember_path.name}, not the model the peers ran")
+        runner, reply = _start(spec, config, path, torch_module, module_bytes)
         entry["isolation"] = runner.isolation
         if runner.isolation == "in-process":
             entry["notes"].append(
@@ -617,7 +631,7 @@ def _precision_ran(eng: dict[str, Any]) -> str:
     were asked (ember: fp32, or bf16 when asked)."""
     ran = eng["settings"].get("inference_precision") or eng["precision"]
     if eng["quantized"]:
-        return "int8 QDQ" if eng["peer"] == "ort" else f"int8 QDQ, {ran} elsewhere"
+        return "int8 QDQ" if eng["peer"] in ("ort", "ember") else f"int8 QDQ, {ran} elsewhere"
     return str(ran)
 
 
