@@ -133,6 +133,34 @@ def test_static_cnn_quantized_by_ort(tmp_path: Path) -> None:
     assert "onednn int8 conv" in kinds and "onednn int8 matmul" in kinds
 
 
+def test_int8_activations_live_in_the_arena_and_batches_split(tmp_path: Path, monkeypatch) -> None:
+    """The planned run writes the int8 kernels' uint8 outputs into the arena too, and a batch of
+    this per-sample CNN may run a few samples at a time: the same outputs either way."""
+    from ember.runtime import batching
+    from ember.runtime import model as model_module
+
+    dst = _quantize_static(tmp_path, "QDQ")
+    x = RNG.standard_normal((6, 3, 16, 12)).astype(np.float32)
+    model = ember.load(dst)
+    first, second = (model.run({"x": x})["y"] for _ in range(2))
+    np.testing.assert_array_equal(first, second)
+    layout = model.plan().memory_layout([x])
+    assert layout is not None
+    assert np.dtype(np.uint8) in {dtype for _, _, dtype in layout.offsets.values()}
+    assert model._split_batches
+    monkeypatch.setattr(batching, "cache_budget", lambda: layout.size // 6 * 2)  # 2 samples a run
+    chunks: list[int] = []
+    split = model_module.run_in_chunks
+
+    def recording(run, args, chunk):  # type: ignore[no-untyped-def]
+        chunks.append(chunk)
+        return split(run, args, chunk)
+
+    monkeypatch.setattr(model_module, "run_in_chunks", recording)
+    np.testing.assert_array_equal(model.run({"x": x})["y"], first)  # int8: exact either way
+    assert chunks == [2]
+
+
 def test_qoperator_contrib_ops_are_named_when_missing(tmp_path: Path) -> None:
     # NOTE: ORT's QOperator CNNs use its com.microsoft QLinearAdd / QLinearGlobalAveragePool /
     # QGemm, which ember does not implement yet; QLinearConv itself runs as QConv

@@ -18,6 +18,7 @@ import onnx_ir as ir
 from ember import flags
 from ember.errors import ConfigError, InputError
 from ember.ir import ModelSource, load_model
+from ember.runtime.batching import batch_separable, chunk_size, run_in_chunks
 from ember.runtime.plan import Plan, compile_graph
 
 if TYPE_CHECKING:
@@ -130,6 +131,8 @@ class Model:
         self._values = {v.name: v for v in _all_values(graph)}
         self._input_names = tuple(v.name or "" for v in graph.inputs)
         self._checked: set[tuple[Any, ...]] = set()  # input (shape, dtype)s check_inputs passed
+        # Large batches of per-sample graphs may run a few samples at a time (runtime/batching.py).
+        self._split_batches = flags.EMBER_SPLIT_BATCH and not exact and batch_separable(graph)
         self._plans: dict[tuple[str, ...], Plan] = {}
         self._lock = threading.Lock()
         self.plan()  # compile now: unsupported ops fail at load, not at the first request
@@ -207,17 +210,29 @@ class Model:
         self, plan: Plan, args: list[Any], timings: list[float] | None = None
     ) -> list[Any]:
         if self.threads is None:
-            return plan.run(args, timings=timings)
+            return self._execute(plan, args, timings)
         if not self.exact:
             # Process-wide: set on every run, so that models loaded with different counts each
             # run with their own.
             set_threads(self.threads)
         if not plan.uses_blas:
-            return plan.run(args, timings=timings)
+            return self._execute(plan, args, timings)
         # Reference ops on NumPy's BLAS pool get the same thread count; the two pools take turns
         # (ops run one at a time), so at most `threads` threads compute at once.
         with _blas_pool().limit(limits=self.threads):
-            return plan.run(args, timings=timings)
+            return self._execute(plan, args, timings)
+
+    def _execute(self, plan: Plan, args: list[Any], timings: list[float] | None) -> list[Any]:
+        """plan.run, or, for a large batch of a per-sample graph whose planned activations
+        outgrow the cache, plan.run on a few samples at a time (runtime/batching.py)."""
+        if self._split_batches and timings is None and plan.arena_enabled and args:
+            first = args[0]
+            layout = plan._layouts.get(plan._signature(args))
+            if layout is not None and isinstance(first, np.ndarray) and first.ndim:
+                chunk = chunk_size(layout.size, first.shape[0])
+                if chunk is not None:
+                    return run_in_chunks(plan.run, args, chunk)
+        return plan.run(args, timings=timings)
 
     def profile(self, inputs: Mapping[str, Any], *, repeat: int = 10) -> Profile:
         """Per-step times over `repeat` runs (after one warm-up run) and the arena's memory."""

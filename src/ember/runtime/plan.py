@@ -237,6 +237,8 @@ _VALUE_SHAPED_ANY = frozenset(
     "TfIdfVectorizer RegexFullMatch StringNormalizer Optional OptionalGetElement".split()
 )
 _MAX_LAYOUTS = 16  # input-shape signatures with an arena layout, per plan (batch sizes, lengths)
+# What native kernels write into the arena: float32, and the int8 kernels' uint8/int8.
+_ARENA_DTYPES = frozenset({np.dtype(np.float32), np.dtype(np.uint8), np.dtype(np.int8)})
 
 
 def _shapes(args: Sequence[Any], result: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -325,7 +327,7 @@ class ArenaLayout:
                 and out is not None
                 and out not in output_slots
                 and shape is not None
-                and dtype == np.float32
+                and dtype in _ARENA_DTYPES
                 and len(step.outputs) == 1
             )
             if backed:
@@ -364,7 +366,7 @@ class ArenaLayout:
             producer_of[slot]: (
                 arena.offsets[slot],
                 records[producer_of[slot]][1],
-                np.dtype(np.float32),
+                np.dtype(records[producer_of[slot]][2]),
             )
             for slot in producer_of
         }
