@@ -131,3 +131,68 @@ def test_program_step_runs_the_kernel() -> None:
         mm.step((0, (3, 50)), (1, (3, 25)))
     with pytest.raises(ValueError, match=r"a must be \(\.\.\., 50\)"):
         mm.step((0, (3, 49)), (1, (3, 24)))
+
+
+def _clustered(k: int, n: int, seed: int) -> np.ndarray:
+    """A (K, N) weight like a pruned first layer: dead inputs (all-zero rows of B) at both ends
+    and in a stripe, nonzeros bunched in a few busy rows, a thin spread elsewhere."""
+    b = _weight(k, n, 0.03, seed)
+    b[: k // 5] = 0  # a dead border
+    b[-k // 7 :] = 0
+    b[k // 2 : k // 2 + 9] = 0  # a dead stripe
+    busy = _weight(12, n, 0.8, seed + 1)
+    b[k // 3 : k // 3 + 12] = busy  # a few inputs most outputs read
+    return b
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 64])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_dead_inputs_and_clustered_nonzeros(isa: str, m: int, trans_b: bool) -> None:
+    k, n = 300, 70
+    b = _clustered(k, n, seed=11)
+    assert not b[: k // 5].any() and b[k // 3 : k // 3 + 12].mean() != 0
+    bias = np.linspace(-0.5, 0.5, n).astype(np.float32)
+    a = np.random.default_rng(12).standard_normal((m, k)).astype(np.float32)
+    mm = sparse.SparseMatMul(b.T.copy() if trans_b else b, bias, trans_b=trans_b, activation="Relu")
+    np.testing.assert_allclose(mm(a), np.maximum(_ref(a, b, bias), 0), rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("m", [1, 3, 64])
+def test_nan_in_a_only_reaches_outputs_through_nonzeros(isa: str, m: int) -> None:
+    # The few-rows kernel pads with zeros: padding must read a zero, never a dead input's NaN.
+    b = _clustered(200, 40, seed=13)
+    dead = np.flatnonzero(~b.any(axis=1))
+    a = np.random.default_rng(14).standard_normal((m, 200)).astype(np.float32)
+    want = _ref(a, b, None)
+    a[:, dead[::2]] = np.nan
+    a[:, dead[1::2]] = np.inf
+    np.testing.assert_allclose(sparse.SparseMatMul(b)(a), want, rtol=TOL, atol=TOL)
+
+
+def test_windows_balanced_on_a_pruned_mlp_layer() -> None:
+    # MNIST's border pixels are dead and nonzeros bunch in the middle ones: in plain K order the
+    # few-rows layout padded ~3.2x (16 * steps / nnz); the reordered compact K keeps it ~1.6x.
+    import onnx
+    from onnx import numpy_helper
+
+    from ember.zoo import model_path
+
+    model = onnx.load(model_path("mnist_mlp"))
+    w = next(numpy_helper.to_array(t) for t in model.graph.initializer if len(t.dims) == 2)
+    w = np.where(np.abs(w) > np.quantile(np.abs(w), 0.9), w, 0).astype(np.float32)  # (256, 784)
+    mm = sparse.SparseMatMul(w, trans_b=True)
+    assert (mm.k, mm.n) == (784, 256)
+    assert mm.nnz / 16 <= mm.ell_steps <= 1.8 * mm.nnz / 16
+    assert sparse.SparseMatMul(w, trans_b=True).ell_steps == mm.ell_steps  # a fixed layout
+    a = np.random.default_rng(15).standard_normal((1, 784)).astype(np.float32)
+    np.testing.assert_allclose(mm(a), _ref(a, w.T, None), rtol=TOL, atol=TOL)
+
+
+def test_ell_steps_of_empty_and_one_hot_weights() -> None:
+    assert sparse.SparseMatMul(np.zeros((40, 20), np.float32)).ell_steps == 0
+    one = np.zeros((40, 20), np.float32)
+    one[7, 3] = 2.0
+    mm = sparse.SparseMatMul(one)
+    assert mm.ell_steps == 1  # one window, one slice with one nonzero: a single 1-step group
+    y = mm(np.arange(40, dtype=np.float32)[None])
+    assert y[0, 3] == 14.0 and np.count_nonzero(y) == 1

@@ -38,6 +38,8 @@ class SparseMatMul(_C.SparseMatMul):
     (N, K) as Gemm's transB gives it; bias is (N,). activation is one of ACTIVATIONS (others:
     use dnnl.MatMul). `out=` takes a C-contiguous float32 array of the output's shape.
     NOTE: a NaN or inf in `a` only reaches the outputs through B's nonzeros, unlike a dense matmul.
+    `ell_steps`: the 16-lane steps the few-rows AVX-512 kernel reads per row (nnz / 16 and up;
+    the rest is padding), for checking its layout.
 
     >>> b = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, -2.0]], np.float32)  # (K=3, N=2)
     >>> mm = SparseMatMul(b, np.array([0.5, 0.0], np.float32), activation="Relu")

@@ -39,7 +39,9 @@ std::string shape_str(const int64_t* s, std::size_t n) {
 
 constexpr int kLanes = 16;      // rows of a per panel: one AVX-512 vector of floats
 constexpr int kMaxPanels = 4;   // panels per pass: 4 independent accumulators per nonzero
-constexpr int kWindow = 32;     // k per ELLPACK window: two AVX-512 registers of a
+constexpr int kWindow = 32;     // ELLPACK window: two AVX-512 registers of (gathered) a
+constexpr int kWindowLive = kWindow - 1;  // live inputs per window; the last slot holds a zero
+constexpr int kGroupSteps = 4;            // steps per 64-byte vector of packed indices
 // From this many rows of a on, the panel kernel beats one ELLPACK pass per row.
 constexpr int64_t kPanelRowsMin = 4;
 // Below this many flops (2 per nonzero per row) one thread runs it: an OpenMP fork/join (~1.3 us
@@ -109,11 +111,12 @@ struct Csr {
 // The sliced ELLPACK copy (sparse.h).
 struct Ell {
   const int32_t* order;
-  const uint8_t* steps;
-  const int64_t* slice_step;
+  const int64_t* slice_group;  // (3 S + 1): per slice, its 4-, 2- and 1-step groups
+  const int64_t* slice_value;  // (S + 1)
+  const int32_t* group_window;
   const uint8_t* k;
   const float* v;
-  int64_t windows, slices;
+  int64_t slices;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -159,56 +162,71 @@ void panels_portable(const Csr& c, const float* panel, int panels, int64_t rows,
 #if defined(__x86_64__)
 #define EMBER_SPARSE_AVX512 __attribute__((target("avx512f,fma")))
 
-// One row of a, slices [s0, s1): per window, a's 32 values in two registers, permuted by each
-// step's indices. Two accumulators: a step's FMA does not wait for the previous step's.
-EMBER_SPARSE_AVX512 void ell_avx512(const Csr& c, const Ell& e, const float* a, int64_t s0,
+// One row of a, gathered into the windows' order (sparse.h), slices [s0, s1). A group is 1, 2
+// or 4 steps of one window: a's 32 values of the window in two registers, permuted by each
+// step's indices, times the step's values. The group loops have no data-dependent branch: with
+// ~5 steps per (slice, window), a loop over each window's own step count mispredicted often
+// enough to cost half the time. Loads bound it (Zen 4 does one 64-byte load a cycle): 7 for a
+// 4-step group, 5 for 2 steps, 4 for 1. Four accumulators: a step's FMA does not wait for the
+// previous step's.
+EMBER_SPARSE_AVX512 void ell_avx512(const Csr& c, const Ell& e, const float* a_live, int64_t s0,
                                     int64_t s1, float* y) {
-  const int64_t full = c.K / kWindow;  // windows read without a mask
   for (int64_t s = s0; s < s1; ++s) {
-    const uint8_t* ix = e.k + e.slice_step[s] * kLanes;
-    const float* v = e.v + e.slice_step[s] * kLanes;
-    const uint8_t* steps = e.steps + s * e.windows;
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    for (int64_t w = 0; w < e.windows; ++w) {
-      const int n = steps[w];
-      if (n == 0) continue;
-      const float* aw = a + w * kWindow;
-      __m512 lo, hi;
-      if (w < full) {
-        lo = _mm512_loadu_ps(aw);
-        hi = _mm512_loadu_ps(aw + kLanes);
-      } else {  // the last, partial window: never read past a's row
-        const int64_t rest = c.K - w * kWindow;
-        lo = _mm512_maskz_loadu_ps(
-            static_cast<__mmask16>(rest >= kLanes ? 0xFFFFu : (1u << rest) - 1u), aw);
-        hi = _mm512_maskz_loadu_ps(
-            static_cast<__mmask16>(rest > kLanes ? (1u << (rest - kLanes)) - 1u : 0u),
-            aw + kLanes);
-      }
-      int j = 0;
-      for (; j + 2 <= n; j += 2) {
-        const __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ix)));
-        const __m512i i1 =
-            _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ix + kLanes)));
-        acc0 = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, i0, hi), _mm512_loadu_ps(v), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, i1, hi), _mm512_loadu_ps(v + kLanes),
-                               acc1);
-        ix += 2 * kLanes;
-        v += 2 * kLanes;
-      }
-      if (j < n) {
-        const __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ix)));
-        acc0 = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, i0, hi), _mm512_loadu_ps(v), acc0);
-        ix += kLanes;
-        v += kLanes;
-      }
+    __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
+    const int64_t* bounds = e.slice_group + 3 * s;
+    const float* v = e.v + e.slice_value[s];
+    for (int64_t g = bounds[0]; g < bounds[1]; ++g, v += 4 * kLanes) {
+      const float* aw = a_live + static_cast<int64_t>(e.group_window[g]) * kWindow;
+      const __m512 lo = _mm512_load_ps(aw), hi = _mm512_load_ps(aw + kLanes);
+      const __m512i x = _mm512_loadu_si512(e.k + g * 64);
+      acc0 = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, x, hi), _mm512_loadu_ps(v), acc0);
+      acc1 = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, _mm512_srli_epi32(x, 8), hi),
+                             _mm512_loadu_ps(v + kLanes), acc1);
+      acc2 = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, _mm512_srli_epi32(x, 16), hi),
+                             _mm512_loadu_ps(v + 2 * kLanes), acc2);
+      acc3 = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, _mm512_srli_epi32(x, 24), hi),
+                             _mm512_loadu_ps(v + 3 * kLanes), acc3);
+    }
+    for (int64_t g = bounds[1]; g < bounds[2]; ++g, v += 2 * kLanes) {
+      const float* aw = a_live + static_cast<int64_t>(e.group_window[g]) * kWindow;
+      const __m512 lo = _mm512_load_ps(aw), hi = _mm512_load_ps(aw + kLanes);
+      const __m512i x = _mm512_loadu_si512(e.k + g * 64);
+      acc0 = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, x, hi), _mm512_loadu_ps(v), acc0);
+      acc1 = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, _mm512_srli_epi32(x, 8), hi),
+                             _mm512_loadu_ps(v + kLanes), acc1);
+    }
+    for (int64_t g = bounds[2]; g < bounds[3]; ++g, v += kLanes) {
+      const float* aw = a_live + static_cast<int64_t>(e.group_window[g]) * kWindow;
+      const __m512 lo = _mm512_load_ps(aw), hi = _mm512_load_ps(aw + kLanes);
+      const __m512i x = _mm512_loadu_si512(e.k + g * 64);
+      acc2 = _mm512_fmadd_ps(_mm512_permutex2var_ps(lo, x, hi), _mm512_loadu_ps(v), acc2);
     }
     alignas(64) float out[kLanes];
-    _mm512_store_ps(out, _mm512_add_ps(acc0, acc1));
+    _mm512_store_ps(out, _mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
     for (int i = 0; i < kLanes; ++i) {
       const int32_t n = e.order[s * kLanes + i];
       if (n >= 0) y[n] = activate(out[i] + c.bias[n], c.act);
     }
+  }
+}
+
+// a's live inputs into the windows' order: window w is a[live_k[31 w + j]] for j < 31 and a
+// zero last (and where live_k is -1). Two masked 16-wide gathers per window.
+EMBER_SPARSE_AVX512 void gather_windows_avx512(const float* a, const int32_t* live_k,
+                                               int64_t windows, float* a_live) {
+  const __m512i none = _mm512_set1_epi32(-1);
+  for (int64_t w = 0; w < windows; ++w) {
+    const int32_t* ks = live_k + w * kWindowLive;
+    const __m512i k_lo = _mm512_loadu_si512(ks);
+    // Slot 31 is not a live slot: load 15 indices and mark the 16th empty.
+    const __m512i k_hi = _mm512_mask_loadu_epi32(none, 0x7FFF, ks + kLanes);
+    const __m512 lo = _mm512_mask_i32gather_ps(_mm512_setzero_ps(),
+                                               _mm512_cmpneq_epi32_mask(k_lo, none), k_lo, a, 4);
+    const __m512 hi = _mm512_mask_i32gather_ps(_mm512_setzero_ps(),
+                                               _mm512_cmpneq_epi32_mask(k_hi, none), k_hi, a, 4);
+    _mm512_store_ps(a_live + w * kWindow, lo);
+    _mm512_store_ps(a_live + w * kWindow + kLanes, hi);
   }
 }
 
@@ -289,12 +307,20 @@ std::pair<int64_t, int64_t> share(const Csr& c, int t, int nt) {
 // Slices [s0, s1) of thread t of nt: equal shares of the ELLPACK steps.
 std::pair<int64_t, int64_t> share_slices(const Ell& e, int t, int nt) {
   if (nt == 1) return {0, e.slices};
-  const int64_t steps = e.slice_step[e.slices];
+  const int64_t values = e.slice_value[e.slices];
   const auto at = [&](int i) -> int64_t {
     if (i == nt) return e.slices;
-    return std::lower_bound(e.slice_step, e.slice_step + e.slices, steps * i / nt) - e.slice_step;
+    return std::lower_bound(e.slice_value, e.slice_value + e.slices, values * i / nt) -
+           e.slice_value;
   };
   return {at(t), at(t + 1)};
+}
+
+// What a (slice, window) with n steps costs the kernel, in 64-byte loads: whole groups of 4
+// (7 loads), then the rest as a group of 2 (5), of 1 (4), or of 3 padded to 4 (7).
+int16_t window_cost(int64_t n) {
+  static constexpr int16_t rest[kGroupSteps] = {0, 4, 5, 7};
+  return static_cast<int16_t>(7 * (n / kGroupSteps) + rest[n % kGroupSteps]);
 }
 
 // Rows [m0, m0 + rows) of a transposed into `panels` panels (panels, K, kLanes), rows past
@@ -395,7 +421,6 @@ void SparseMatMulKernel::build_ell() {
   // Outputs sorted by nonzero count (longest first): the rows of a slice are then about equally
   // long, so less padding.
   const int64_t slices = (N_ + kLanes - 1) / kLanes;
-  windows_ = (K_ + kWindow - 1) / kWindow;
   std::vector<int32_t> by_count(N_);
   for (int64_t n = 0; n < N_; ++n) by_count[n] = static_cast<int32_t>(n);
   std::stable_sort(by_count.begin(), by_count.end(), [&](int32_t x, int32_t y) {
@@ -403,39 +428,185 @@ void SparseMatMulKernel::build_ell() {
   });
   order_.assign(slices * kLanes, -1);
   std::copy(by_count.begin(), by_count.end(), order_.begin());
-  steps_.assign(slices * windows_, 0);
-  slice_step_.assign(slices + 1, 0);
+  balance_windows();
+
+  // Each output's nonzeros as (place in the gathered a, value), sorted by place.
+  std::vector<int32_t> place_of(K_, -1);
+  for (std::size_t j = 0; j < live_k_.size(); ++j)
+    if (live_k_[j] >= 0)
+      place_of[live_k_[j]] = static_cast<int32_t>(j / kWindowLive * kWindow + j % kWindowLive);
+  std::vector<std::pair<int32_t, float>> by_place(values_.size());
+  for (int64_t n = 0; n < N_; ++n) {
+    for (int64_t p = row_start_[n]; p < row_start_[n + 1]; ++p)
+      by_place[p] = {place_of[k_[p]], values_[p]};
+    std::sort(by_place.begin() + row_start_[n], by_place.begin() + row_start_[n + 1],
+              [](const auto& x, const auto& y) { return x.first < y.first; });
+  }
+
+  slice_group_.assign(3 * slices + 1, 0);
+  slice_value_.assign(slices + 1, 0);
+  group_window_.clear();
   ell_k_.clear();
   ell_v_.clear();
+  // A group: steps [first, first + used) of window w, stored `width` (1, 2 or 4) steps wide.
+  struct Group {
+    int64_t w, first;
+    int used, width;
+  };
+  std::vector<int64_t> first_of(windows_ * kLanes), count_of(windows_ * kLanes);
+  std::vector<Group> by_width[3];  // 4-, 2- and 1-step groups: the kernel's three loops
   for (int64_t s = 0; s < slices; ++s) {
-    int64_t cursor[kLanes], end[kLanes];  // each lane's next nonzero in the CSR (sorted by k)
+    int64_t cursor[kLanes], end[kLanes];  // each lane's next nonzero in by_place
     for (int i = 0; i < kLanes; ++i) {
       const int32_t n = order_[s * kLanes + i];
       cursor[i] = n < 0 ? 0 : row_start_[n];
       end[i] = n < 0 ? 0 : row_start_[n + 1];
     }
-    int64_t total = 0;
+    for (auto& list : by_width) list.clear();
     for (int64_t w = 0; w < windows_; ++w) {
-      const int64_t k_end = (w + 1) * kWindow;
-      int64_t count[kLanes], longest = 0;
+      const int64_t place_end = (w + 1) * kWindow;
+      int64_t longest = 0;
       for (int i = 0; i < kLanes; ++i) {
-        count[i] = 0;
-        while (cursor[i] + count[i] < end[i] && k_[cursor[i] + count[i]] < k_end) ++count[i];
-        longest = std::max(longest, count[i]);
+        int64_t n = 0;
+        while (cursor[i] + n < end[i] && by_place[cursor[i] + n].first < place_end) ++n;
+        first_of[w * kLanes + i] = cursor[i];
+        count_of[w * kLanes + i] = n;
+        cursor[i] += n;
+        longest = std::max(longest, n);
       }
-      steps_[s * windows_ + w] = static_cast<uint8_t>(longest);  // <= kWindow
-      for (int64_t j = 0; j < longest; ++j) {
+      int64_t j = 0;
+      for (; j + kGroupSteps <= longest; j += kGroupSteps) by_width[0].push_back({w, j, 4, 4});
+      const int rest = static_cast<int>(longest - j);
+      // 3 steps: padded to a 4-group (7 loads) rather than a 2- and a 1-group (9).
+      if (rest == 3) by_width[0].push_back({w, j, 3, 4});
+      if (rest == 2) by_width[1].push_back({w, j, 2, 2});
+      if (rest == 1) by_width[2].push_back({w, j, 1, 1});
+    }
+    for (int kind = 0; kind < 3; ++kind) {
+      for (const Group& grp : by_width[kind]) {
+        // Lanes past their row read the window's zero slot, times a zero value.
+        const std::size_t k0 = ell_k_.size(), v0 = ell_v_.size();
+        ell_k_.resize(k0 + 64, static_cast<uint8_t>(kWindowLive));
+        ell_v_.resize(v0 + grp.width * kLanes, 0.0f);
+        group_window_.push_back(static_cast<int32_t>(grp.w));
         for (int i = 0; i < kLanes; ++i) {
-          const bool real = j < count[i];
-          const int64_t p = cursor[i] + j;
-          ell_k_.push_back(real ? static_cast<uint8_t>(k_[p] - w * kWindow) : 0);
-          ell_v_.push_back(real ? values_[p] : 0.0f);
+          const int64_t n = count_of[grp.w * kLanes + i];
+          for (int64_t j = grp.first; j < std::min<int64_t>(n, grp.first + grp.used); ++j) {
+            const auto& [place, value] = by_place[first_of[grp.w * kLanes + i] + j];
+            // The group's step t index is byte t of lane i's int32.
+            ell_k_[k0 + i * 4 + (j - grp.first)] = static_cast<uint8_t>(place - grp.w * kWindow);
+            ell_v_[v0 + (j - grp.first) * kLanes + i] = value;
+          }
         }
       }
-      for (int i = 0; i < kLanes; ++i) cursor[i] += count[i];
-      total += longest;
+      slice_group_[3 * s + kind + 1] = static_cast<int64_t>(group_window_.size());
     }
-    slice_step_[s + 1] = slice_step_[s] + total;
+    slice_value_[s + 1] = static_cast<int64_t>(ell_v_.size());
+  }
+}
+
+void SparseMatMulKernel::balance_windows() {
+  // Where each output sits in the slices, and each row of B's nonzeros as those positions.
+  const int64_t slices = static_cast<int64_t>(order_.size()) / kLanes;
+  std::vector<int32_t> lane_of(N_);
+  for (std::size_t q = 0; q < order_.size(); ++q)
+    if (order_[q] >= 0) lane_of[order_[q]] = static_cast<int32_t>(q);
+  std::vector<int64_t> row_first(K_ + 1, 0);
+  for (int32_t k : k_) ++row_first[k + 1];
+  for (int64_t k = 0; k < K_; ++k) row_first[k + 1] += row_first[k];
+  std::vector<int32_t> row_lanes(k_.size());
+  {
+    std::vector<int64_t> fill(row_first.begin(), row_first.end() - 1);
+    for (int64_t n = 0; n < N_; ++n)
+      for (int64_t p = row_start_[n]; p < row_start_[n + 1]; ++p)
+        row_lanes[fill[k_[p]]++] = lane_of[n];
+  }
+  // Live rows, busiest first, dealt round robin over the windows: busy rows spread out.
+  std::vector<int32_t> live;
+  for (int64_t k = 0; k < K_; ++k)
+    if (row_first[k + 1] > row_first[k]) live.push_back(static_cast<int32_t>(k));
+  std::stable_sort(live.begin(), live.end(), [&](int32_t x, int32_t y) {
+    return row_first[x + 1] - row_first[x] > row_first[y + 1] - row_first[y];
+  });
+  const int64_t n_live = static_cast<int64_t>(live.size());
+  windows_ = (n_live + kWindowLive - 1) / kWindowLive;
+  const int64_t slots = windows_ * kWindowLive;
+  live_k_.assign(slots, -1);  // -1: an empty slot (a zero in the gathered a)
+  for (int64_t i = 0; i < n_live; ++i) live_k_[i % windows_ * kWindowLive + i / windows_] = live[i];
+  if (windows_ < 2) return;
+
+  // count[w][q]: nonzeros of lane q in window w; longest[w][s]: the cost of (slice s, window w)
+  // (window_cost of its longest lane). Their sum is what the search lowers.
+  const int64_t lanes = slices * kLanes;
+  std::vector<int16_t> count(windows_ * lanes, 0);
+  std::vector<int16_t> longest(windows_ * slices, 0);
+  for (int64_t j = 0; j < slots; ++j) {
+    if (live_k_[j] < 0) continue;
+    const int64_t w = j / kWindowLive;
+    for (int64_t p = row_first[live_k_[j]]; p < row_first[live_k_[j] + 1]; ++p)
+      ++count[w * lanes + row_lanes[p]];
+  }
+  // What (slice s, window w) costs the kernel: its longest lane's steps, in loads.
+  const auto most = [&](int64_t w, int64_t s) {
+    const int16_t* c = &count[w * lanes + s * kLanes];
+    return window_cost(*std::max_element(c, c + kLanes));
+  };
+  for (int64_t w = 0; w < windows_; ++w)
+    for (int64_t s = 0; s < slices; ++s) longest[w * slices + s] = most(w, s);
+
+  // Local search: swap the rows in two slots of different windows (a row and an empty slot: a
+  // move) unless that adds steps. Moves that keep the sum are taken too, to cross plateaus. The
+  // seed is fixed: the same B always gives the same layout. The work is bounded (~30M counter
+  // updates) so that a big layer builds in well under a second.
+  uint64_t seed = 0x9E3779B97F4A7C15ull;
+  const auto next = [&seed]() {  // splitmix64
+    uint64_t z = (seed += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  };
+  std::vector<int64_t> stamp(slices, -1);
+  std::vector<int32_t> touched;
+  const int64_t tries = 64 * n_live;
+  int64_t work = 0;
+  constexpr int64_t kWorkMax = 30'000'000;
+  for (int64_t t = 0; t < tries && work < kWorkMax; ++t) {
+    const int64_t i = static_cast<int64_t>(next() % static_cast<uint64_t>(slots));
+    const int64_t j = static_cast<int64_t>(next() % static_cast<uint64_t>(slots));
+    const int64_t wi = i / kWindowLive, wj = j / kWindowLive;
+    const int32_t ki = live_k_[i], kj = live_k_[j];
+    if (wi == wj || (ki < 0 && kj < 0)) continue;
+    touched.clear();
+    // Row `k` leaves window `from` for window `to`.
+    const auto shift = [&](int32_t k, int64_t from, int64_t to) {
+      if (k < 0) return;
+      for (int64_t p = row_first[k]; p < row_first[k + 1]; ++p) {
+        const int32_t q = row_lanes[p];
+        --count[from * lanes + q];
+        ++count[to * lanes + q];
+        if (stamp[q / kLanes] != t) {
+          stamp[q / kLanes] = t;
+          touched.push_back(q / kLanes);
+        }
+      }
+    };
+    shift(ki, wi, wj);
+    shift(kj, wj, wi);
+    int64_t delta = 0;
+    for (int32_t sl : touched)
+      delta += most(wi, sl) + most(wj, sl) - longest[wi * slices + sl] - longest[wj * slices + sl];
+    const auto length = [&](int32_t k) { return k < 0 ? 0 : row_first[k + 1] - row_first[k]; };
+    work += 2 * (length(ki) + length(kj)) + 2 * kLanes * static_cast<int64_t>(touched.size());
+    if (delta <= 0) {
+      for (int32_t sl : touched) {
+        longest[wi * slices + sl] = most(wi, sl);
+        longest[wj * slices + sl] = most(wj, sl);
+      }
+      std::swap(live_k_[i], live_k_[j]);
+    } else {
+      shift(kj, wi, wj);
+      shift(ki, wj, wi);
+    }
   }
 }
 
@@ -450,17 +621,32 @@ void SparseMatMulKernel::run(int64_t M, const float* a, float* y) const {
                            thread_target().load(std::memory_order_relaxed), N_));
 
   if (M < kPanelRowsMin) {
-    const int64_t slices = static_cast<int64_t>(slice_step_.size()) - 1;
-    const Ell e{order_.data(), steps_.data(), slice_step_.data(), ell_k_.data(), ell_v_.data(),
-                windows_, slices};
-    const auto body = [&](int t, int n_threads) {
 #if defined(__x86_64__)
-      if (avx512) {
+    if (avx512) {
+      // Each row of a gathered into the windows' order once (live inputs only, zeros in the
+      // empty slots and each window's last), then read by the team.
+      const int64_t slices = static_cast<int64_t>(slice_value_.size()) - 1;
+      const Ell e{order_.data(), slice_group_.data(), slice_value_.data(), group_window_.data(),
+                  ell_k_.data(), ell_v_.data(), slices};
+      const int64_t row_floats = windows_ * kWindow;
+      float* a_live = panel_buffer(static_cast<std::size_t>(std::max<int64_t>(M * row_floats, 1)));
+      for (int64_t m = 0; m < M; ++m)
+        gather_windows_avx512(a + m * K_, live_k_.data(), windows_, a_live + m * row_floats);
+      const auto body = [&](int t, int n_threads) {
         const auto [s0, s1] = share_slices(e, t, n_threads);
-        for (int64_t m = 0; m < M; ++m) ell_avx512(c, e, a + m * K_, s0, s1, y + m * N_);
-        return;
+        for (int64_t m = 0; m < M; ++m)
+          ell_avx512(c, e, a_live + m * row_floats, s0, s1, y + m * N_);
+      };
+      if (nt == 1) {
+        body(0, 1);
+      } else {
+#pragma omp parallel num_threads(nt)
+        body(omp_get_thread_num(), omp_get_num_threads());
       }
+      return;
+    }
 #endif
+    const auto body = [&](int t, int n_threads) {
       const auto [n0, n1] = share(c, t, n_threads);
       for (int64_t m = 0; m < M; ++m) row_portable(c, a + m * K_, n0, n1, y + m * N_);
     };
@@ -680,6 +866,8 @@ void bind_sparse(nb::module_& m) {
            "The call on buffers (number, shape) of a Program: a, out.")
       .def_prop_ro("nnz", [](const SparseMatMul& s) { return s.kernel().nnz(); },
                    "Nonzeros of B stored.")
+      .def_prop_ro("ell_steps", [](const SparseMatMul& s) { return s.kernel().ell_steps(); },
+                   "16-lane steps of the few-rows AVX-512 kernel per row of a (>= nnz / 16).")
       .def_prop_ro("k", [](const SparseMatMul& s) { return s.kernel().K(); }, "B's K.")
       .def_prop_ro("n", [](const SparseMatMul& s) { return s.kernel().N(); }, "B's N.");
   m.def("set_sparse_isa", &sparse::set_isa, "name"_a,
