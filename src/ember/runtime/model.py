@@ -225,10 +225,17 @@ class Model:
     def _execute(self, plan: Plan, args: list[Any], timings: list[float] | None) -> list[Any]:
         """plan.run, or, for a large batch of a per-sample graph whose planned activations
         outgrow the cache, plan.run on a few samples at a time (runtime/batching.py)."""
-        if self._split_batches and timings is None and plan.arena_enabled and args:
-            first = args[0]
+        first = args[0] if args else None
+        if (
+            self._split_batches
+            and isinstance(first, np.ndarray)
+            and first.ndim
+            and first.shape[0] > 1  # batch 1: nothing to split, and no lookup on the hot path
+            and timings is None
+            and plan.arena_enabled
+        ):
             layout = plan._layouts.get(plan._signature(args))
-            if layout is not None and isinstance(first, np.ndarray) and first.ndim:
+            if layout is not None:
                 chunk = chunk_size(layout.size, first.shape[0])
                 if chunk is not None:
                     return run_in_chunks(plan.run, args, chunk)
