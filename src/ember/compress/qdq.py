@@ -402,9 +402,14 @@ def _plan_activations(
         y = node.outputs[0]
         if node.op_type in FOLDABLE_ACTIVATIONS:
             producer = x.producer()
+            # After a quantized op, or a residual Add of two quantized tensors (ResNet's
+            # Add -> Relu): the int8 kernels then take the Add and the Relu as post-ops.
+            quantized_producer = producer in by_node or (
+                producer is not None and producer.op_type == "Add" and producer.domain == ""
+            )
             if (
                 not symmetric
-                and producer in by_node
+                and quantized_producer
                 and len(x.uses()) == 1
                 and not x.is_graph_output()
                 and not y.is_graph_output()
