@@ -88,8 +88,8 @@ def bench_against_ort(name: str, x: np.ndarray) -> None:
         print(line)
     if ran_ort:
         print(
-            "  (>1 means ember is faster; on a model this small, Python's per-node dispatch "
-            "is most of ember's time)"
+            "  (>1 means ember is faster; a model this small is one native call per run, so "
+            "a call costs its kernels and a few microseconds of Python)"
         )
     print(f"  full report with plots: ember bench {name} --batch 1,8,32 --html report.html")
 
