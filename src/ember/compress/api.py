@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import onnx_ir as ir
 
+from ember.compress._progress import progress_bar
 from ember.compress.config import QuantConfig
 from ember.compress.data import DataSource, SampleSet, load_samples
 from ember.compress.fidelity import Fidelity, measure_fidelity
@@ -317,8 +317,8 @@ class _Search:
 
 
 def _runnable(model: ir.Model, name: str) -> Model:
-    # ember.Model optimizes the graph it is given in place: hand it a copy.
-    return Model(ir.serde.deserialize_model(ir.serde.serialize_model(model)), name=name)
+    # ember.Model optimizes the graph it is given in place: hand it a copy (tensors shared).
+    return Model(model.clone(), name=name)
 
 
 class _Progress:
@@ -326,29 +326,11 @@ class _Progress:
     disabled or when stderr is not a terminal."""
 
     def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled
         self._bar: Any = None
 
     def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._bar.__enter__()
+        self._bar = progress_bar(self.enabled)
         return self
 
     def __exit__(self, *exc: object) -> None:

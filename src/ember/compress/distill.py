@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from ember.compress._progress import progress_bar
 from ember.compress.data import DataSource, Sample, SampleSet, load_samples
 from ember.compress.torch_exec import require_torch, to_onnx_model, to_torch
 from ember.errors import ConfigError, InputError, ModelError
@@ -380,33 +380,18 @@ class _Progress:
     stderr is a terminal."""
 
     def __init__(self, *, enabled: bool, total: int) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled
         self.total = total
         self._bar: Any = None
         self._task: Any = None
 
     def __enter__(self) -> _Progress:
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
+            from rich.progress import TextColumn
 
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._bar.__enter__()
-            self._task = self._bar.add_task("distill", total=self.total, loss=math.nan)
+            self._bar = progress_bar(True, TextColumn("loss {task.fields[loss]:.4f}"))
+            if self._bar is not None:
+                self._task = self._bar.add_task("distill", total=self.total, loss=math.nan)
         return self
 
     def __exit__(self, *exc: object) -> None:
