@@ -174,7 +174,7 @@ class Plan:
         if records is not None:
             assert sig is not None
             self._layouts[sig] = ArenaLayout.build(
-                self, records, [s if np.dtype(d) == np.float32 else None for s, d in sig]
+                self, records, [s if d == _F32 else None for s, d in sig]
             )
         outputs = [env[s] for s in self.output_slots]
         if arena is not None:
@@ -236,6 +236,7 @@ _VALUE_SHAPED_ANY = frozenset(
     "SequenceAt SequenceConstruct SplitToSequence ConcatFromSequence Loop If Scan "
     "TfIdfVectorizer RegexFullMatch StringNormalizer Optional OptionalGetElement".split()
 )
+_F32 = np.dtype(np.float32).str  # as signatures spell dtypes (ml_dtypes' float8 are "<f1" there)
 _MAX_LAYOUTS = 16  # input-shape signatures with an arena layout, per plan (batch sizes, lengths)
 # What native kernels write into the arena: float32, and the int8 kernels' uint8/int8.
 _ARENA_DTYPES = frozenset({np.dtype(np.float32), np.dtype(np.uint8), np.dtype(np.int8)})

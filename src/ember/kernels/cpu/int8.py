@@ -51,7 +51,7 @@ class QConv(_C.QConv):
 
     >>> w = np.ones((1, 1, 1, 1), np.int8)
     >>> conv = QConv(w, 0.5, None, x_scale=1.0, x_zero_point=10, y_scale=1.0, y_dtype=np.uint8)
-    >>> conv(np.full((1, 1, 1, 2), 14, np.uint8))[0, 0, :, 0]
+    >>> conv(np.full((1, 1, 2, 1), 14, np.uint8))[0, 0, :, 0]  # NHWC: N=1, H=1, W=2, C=1
     array([2, 2], dtype=uint8)
     """
 
