@@ -32,20 +32,6 @@ def _console() -> Any:
     return Console(highlight=False, soft_wrap=True)
 
 
-def _fmt_count(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
-
-
 def _parse_dims(items: Sequence[str]) -> dict[str, int]:
     dims = {}
     for item in items:
@@ -63,7 +49,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ember.ir import load_model
-    from ember.ir.analysis import model_stats
+    from ember.ir.analysis import format_bytes, format_count, model_stats
     from ember.runtime.model import tensor_spec
     from ember.runtime.plan import compile_graph
 
@@ -102,12 +88,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             table.add_row(escape(s.name), escape(dtype), escape(shape))
         console.print(table)
     console.print(
-        f"parameters: {_fmt_count(stats.n_params)} ({_fmt_bytes(stats.size_params)})    "
+        f"parameters: {format_count(stats.n_params)} ({format_bytes(stats.size_params)})    "
         f"nodes: {sum(stats.op_counts.values())}"
     )
     if stats.flops is not None:
         bound = ", ".join(f"{k}={v}" for k, v in stats.dims.items()) or "static shapes"
-        console.print(f"FLOPs (estimate, {bound}): {_fmt_count(stats.flops)}")
+        console.print(f"FLOPs (estimate, {bound}): {format_count(stats.flops)}")
     else:
         console.print("FLOPs: could not be estimated (shape inference failed)")
     hist = Table(title="ops", title_justify="left")

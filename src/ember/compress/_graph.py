@@ -89,19 +89,6 @@ def _replace_contents(model: ir.Model, other: ir.Model) -> None:
     model.ir_version = other.ir_version
 
 
-def add_constant(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
-    """A new initializer holding `array` (any dtype onnx_ir can store, int4 included)."""
-    name = unique_name(graph, base)
-    value = ir.Value(
-        name=name,
-        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-        shape=ir.Shape(array.shape),
-        const_value=ir.tensor(array, name=name),
-    )
-    graph.register_initializer(value)
-    return value
-
-
 def new_value(graph: ir.Graph, base: str, like: ir.Value | None, dtype: ir.DataType) -> ir.Value:
     """An output value for a new node: named after `base`, with `like`'s shape and `dtype`."""
     shape = like.shape if like is not None and like.shape is not None else None

@@ -16,6 +16,7 @@ import onnx_ir as ir
 from ember.compress import _graph as g
 from ember.compress.config import QuantConfig
 from ember.ir import verify
+from ember.passes.rewrite import add_initializer
 
 #: ops that always compute in float32: normalizations, softmax and reductions accumulate or
 #: divide by sums where fp16's 10-bit mantissa (or bf16's 7) loses visibly
@@ -67,7 +68,7 @@ def convert_precision(
 
     def low_constant(v: ir.Value, arr: np.ndarray) -> ir.Value:
         if v not in low_consts:
-            low_consts[v] = g.add_constant(graph, f"{v.name}_{suffix}", arr.astype(np_low))
+            low_consts[v] = add_initializer(graph, f"{v.name}_{suffix}", arr.astype(np_low))
         return low_consts[v]
 
     created: set[ir.Node] = set()  # the border Casts this function inserts

@@ -32,6 +32,7 @@ from ember.compress._channels import (
     remove_channels,
     root_spec,
 )
+from ember.compress._graph import name_nodes
 from ember.errors import ConfigError
 from ember.ir import infer_shapes, load_model, verify
 from ember.passes.rewrite import add_initializer, constant_array
@@ -185,7 +186,7 @@ def prune_model(
     if not isinstance(config, PruneConfig):
         raise ConfigError(f"config must be a PruneConfig, got {type(config).__name__}")
     work = working_copy(model)
-    _name_nodes(work.graph)
+    name_nodes(work.graph)
     if config.kind == "unstructured":
         layers = _unstructured(work, config)
         return PruneResult(work, tuple(layers), ())
@@ -213,17 +214,6 @@ def working_copy(model: ir.Model | str | Path) -> ir.Model:
             assert original is not None
             value.const_value = ir.tensor(original.numpy(), name=name)
     return work
-
-
-def _name_nodes(graph: ir.Graph) -> None:
-    taken = {n.name for n in graph if n.name}
-    for i, node in enumerate(graph):
-        if not node.name:
-            name = f"{node.op_type}_{i}"
-            while name in taken:
-                name += "_"
-            node.name = name
-            taken.add(name)
 
 
 # -- unstructured ----------------------------------------------------------------------------------

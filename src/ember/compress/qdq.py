@@ -34,7 +34,7 @@ from ember.compress.calibrate import (
 from ember.compress.config import QuantConfig
 from ember.errors import ConfigError
 from ember.ir import verify
-from ember.passes.rewrite import attr_value
+from ember.passes.rewrite import add_initializer, attr_value
 
 Progress = Callable[[str, int, "int | None"], None]
 
@@ -463,8 +463,8 @@ def _quantize_target_weight(t: Target, config: QuantConfig) -> QuantizedTensor:
 
 def _insert_qdq(graph: ir.Graph, v: ir.Value, p: QParams) -> None:
     base = v.name or "tensor"
-    scale = g.add_constant(graph, f"{base}_scale", p.scale)
-    zero = g.add_constant(graph, f"{base}_zero_point", p.zero_point)
+    scale = add_initializer(graph, f"{base}_scale", p.scale)
+    zero = add_initializer(graph, f"{base}_zero_point", p.zero_point)
     dtype = ir.DataType.from_numpy(p.dtype)
     q = g.new_value(graph, f"{base}_quantized", v, dtype)
     dq = g.new_value(graph, f"{base}_dequantized", v, ir.DataType.FLOAT)
@@ -483,11 +483,11 @@ def _dq_constant(
 ) -> ir.Value:
     """Initializers for `q` and a DequantizeLinear before `node`; returns its float output."""
     p = q.params
-    values = g.add_constant(graph, f"{base}_quantized", q.values)
-    scale = g.add_constant(graph, f"{base}_scale", p.scale)
+    values = add_initializer(graph, f"{base}_quantized", q.values)
+    scale = add_initializer(graph, f"{base}_scale", p.scale)
     inputs: list[ir.Value | None] = [values, scale]
     if np.any(p.zero_point.astype(np.int64) != 0) or p.block_size == 0:
-        inputs.append(g.add_constant(graph, f"{base}_zero_point", p.zero_point))
+        inputs.append(add_initializer(graph, f"{base}_zero_point", p.zero_point))
     attrs: dict[str, Any] = {}
     if per_axis or p.block_size:
         attrs["axis"] = p.axis
@@ -635,7 +635,7 @@ def _correct_following_add(graph: ir.Graph, t: Target, correction: np.ndarray) -
     if b is None or b.dtype != np.float32 or b.shape != correction.shape:
         return
     name = _input(add, other).name or "bias"
-    fixed = g.add_constant(graph, f"{name}_corrected", (b + correction).astype(np.float32))
+    fixed = add_initializer(graph, f"{name}_corrected", (b + correction).astype(np.float32))
     add.replace_input_with(other, fixed)
 
 
@@ -687,7 +687,7 @@ def apply_smoothquant(
         for t, w in zip(group, w_rows, strict=True):
             _set_weight_kn(graph, t, (w * s[:, None]).astype(np.float32))
         if not _fold_into_layernorm(graph, x, group, 1.0 / s):
-            inv = g.add_constant(graph, f"{x.name}_smooth_scale", (1.0 / s).astype(np.float32))
+            inv = add_initializer(graph, f"{x.name}_smooth_scale", (1.0 / s).astype(np.float32))
             y = g.new_value(graph, f"{x.name}_smoothed", x, ir.DataType.FLOAT)
             mul = g.make_node(graph, "Mul", [x, inv], [y], name=f"{x.name}_SmoothQuant")
             g.insert_after_producer(graph, x, [mul])
@@ -706,7 +706,7 @@ def _weight_kn(t: Target) -> np.ndarray:
 def _set_weight_kn(graph: ir.Graph, t: Target, w_kn: np.ndarray) -> None:
     w = w_kn.T if t.node.op_type == "Gemm" and attr_value(t.node, "transB", 0) else w_kn
     old = _input(t.node, t.weight)
-    new = g.add_constant(graph, f"{old.name}_smoothed", np.ascontiguousarray(w))
+    new = add_initializer(graph, f"{old.name}_smoothed", np.ascontiguousarray(w))
     t.node.replace_input_with(_index(t.weight), new)
 
 
@@ -727,7 +727,7 @@ def _fold_into_layernorm(
         if p is not None:
             name = _input(ln, i).name or "ln"
             ln.replace_input_with(
-                i, g.add_constant(graph, f"{name}_smoothed", (p * inv_s).astype(np.float32))
+                i, add_initializer(graph, f"{name}_smoothed", (p * inv_s).astype(np.float32))
             )
     return True
 
@@ -770,10 +770,10 @@ def _quantize_dynamic(model: ir.Model, targets: list[Target], config: QuantConfi
             shared[x] = (xq, xs, xz)
         xq, xs, xz = shared[x]
         w_name = _input(node, 1).name or "weight"
-        wq = g.add_constant(graph, f"{w_name}_quantized", q.values)
-        wz = g.add_constant(graph, f"{w_name}_zero_point", q.params.zero_point)
+        wq = add_initializer(graph, f"{w_name}_quantized", q.values)
+        wz = add_initializer(graph, f"{w_name}_zero_point", q.params.zero_point)
         alpha = _float_attr(node, "alpha", 1.0) if node.op_type == "Gemm" else 1.0
-        ws = g.add_constant(
+        ws = add_initializer(
             graph, f"{w_name}_scale", (q.params.scale * np.float32(alpha)).astype(np.float32)
         )
         out = node.outputs[0]
@@ -806,14 +806,16 @@ def _quantize_dynamic(model: ir.Model, targets: list[Target], config: QuantConfi
             if beta != 1.0:
                 c_arr = g.constant_of(c)
                 if c_arr is None:
-                    beta_v = g.add_constant(graph, f"{base}_beta", np.array(beta, np.float32))
+                    beta_v = add_initializer(graph, f"{base}_beta", np.array(beta, np.float32))
                     cb = g.new_value(graph, f"{base}_bias_scaled", c, ir.DataType.FLOAT)
                     new_nodes.append(
                         g.make_node(graph, "Mul", [c, beta_v], [cb], name=f"{base}_beta_Mul")
                     )
                     c = cb
                 else:
-                    c = g.add_constant(graph, f"{c.name}_scaled", (c_arr * beta).astype(np.float32))
+                    c = add_initializer(
+                        graph, f"{c.name}_scaled", (c_arr * beta).astype(np.float32)
+                    )
             biased = g.new_value(graph, f"{base}_output_biased", out, ir.DataType.FLOAT)
             new_nodes.append(g.make_node(graph, "Add", [y, c], [biased], name=f"{base}_bias_Add"))
             y = biased

@@ -16,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ember.errors import ConfigError
+from ember.ir.analysis import format_bytes, format_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +57,9 @@ class CompressionReport:
                 f"{fmt(b) if b is not None else '?':>10} {ratio:>8}"
             )
 
-        row("params", self.before.params, self.after.params, _fmt_count)
-        row("file size", self.before.file_bytes, self.after.file_bytes, _fmt_bytes)
-        row("FLOPs", self.before.flops, self.after.flops, _fmt_count)
+        row("params", self.before.params, self.after.params, format_count)
+        row("file size", self.before.file_bytes, self.after.file_bytes, format_bytes)
+        row("FLOPs", self.before.flops, self.after.flops, format_count)
         for batch in sorted(set(self.before.latency_ms) | set(self.after.latency_ms)):
             row(
                 f"latency b={batch}",
@@ -70,20 +71,6 @@ class CompressionReport:
         if self.fidelity is not None:
             out += "\n" + self.fidelity.format("fidelity against the original")
         return out
-
-
-def _fmt_count(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 def summarize(

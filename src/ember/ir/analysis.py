@@ -154,3 +154,19 @@ def model_stats(model: ir.Model, dims: Mapping[str, int] | None = None) -> Model
     count, size = _params(model)
     flops, used = estimate_flops(model, dims)
     return ModelStats(op_histogram(model), count, size, flops, used)
+
+
+def format_count(n: float) -> str:
+    """A count for people: 625.15k, 22.57M."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def format_bytes(n: float) -> str:
+    """A size for people: 42.3 KiB, 1.8 GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"

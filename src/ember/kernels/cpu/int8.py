@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ember.kernels.cpu import _C
+from ember.kernels.cpu.dnnl import _ints
 
 #: the integer types activations may have; weights are always int8.
 INT8_TYPES = (np.dtype(np.uint8), np.dtype(np.int8))
@@ -27,10 +28,6 @@ INT8_TYPES = (np.dtype(np.uint8), np.dtype(np.int8))
 
 def _dtype_name(dtype: np.dtype | type | str | None) -> str:
     return "float32" if dtype is None else np.dtype(dtype).name
-
-
-def _ints(value: Sequence[int] | None, n: int, default: int) -> list[int]:
-    return [default] * n if value is None else [int(v) for v in value]
 
 
 def _f32(a: np.ndarray | float) -> np.ndarray:
