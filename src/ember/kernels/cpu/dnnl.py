@@ -159,6 +159,22 @@ def matmul(
     return _C.matmul(a, b, out, float(alpha))
 
 
+def _window(
+    kernel_shape: Sequence[int],
+    strides: Sequence[int] | None,
+    pads: Sequence[int] | None,
+    dilations: Sequence[int] | None,
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """A pooling window as the native pools take it, ONNX's defaults filled in."""
+    nd = len(kernel_shape)
+    return (
+        [int(k) for k in kernel_shape],
+        _ints(strides, nd, 1),
+        _ints(pads, 2 * nd, 0),
+        _ints(dilations, nd, 1),
+    )
+
+
 def _pool(
     x: np.ndarray,
     kind: int,
@@ -170,18 +186,8 @@ def _pool(
     channels_last: bool | int,
     out: np.ndarray | None,
 ) -> np.ndarray:
-    nd = len(kernel_shape)
-    return _C.pool(
-        x,
-        kind,
-        [int(k) for k in kernel_shape],
-        _ints(strides, nd, 1),
-        _ints(pads, 2 * nd, 0),
-        _ints(dilations, nd, 1),
-        bool(ceil_mode),
-        bool(channels_last),
-        out,
-    )
+    window = _window(kernel_shape, strides, pads, dilations)
+    return _C.pool(x, kind, *window, bool(ceil_mode), bool(channels_last), out)
 
 
 def max_pool(
@@ -256,18 +262,8 @@ def pool_step(
 ) -> _C.ProgramStep:
     """The pooling `_pool` runs (kind 0 max, 1 average counting padding, 2 average), as a step of
     a Program on buffers given as (number, shape); shapes are checked now."""
-    nd = len(kernel_shape)
-    return _C.pool_step(
-        x,
-        kind,
-        [int(k) for k in kernel_shape],
-        _ints(strides, nd, 1),
-        _ints(pads, 2 * nd, 0),
-        _ints(dilations, nd, 1),
-        bool(ceil_mode),
-        bool(channels_last),
-        out,
-    )
+    window = _window(kernel_shape, strides, pads, dilations)
+    return _C.pool_step(x, kind, *window, bool(ceil_mode), bool(channels_last), out)
 
 
 def relayout_step(x: BufferRef, out: BufferRef, *, to_channels_last: bool) -> _C.ProgramStep:

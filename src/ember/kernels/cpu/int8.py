@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ember.kernels.cpu import _C
-from ember.kernels.cpu.dnnl import _ints
+from ember.kernels.cpu.dnnl import _ints, _window
 
 #: the integer types activations may have; weights are always int8.
 INT8_TYPES = (np.dtype(np.uint8), np.dtype(np.int8))
@@ -212,14 +212,7 @@ def max_pool(
     array([[ 5,  7],
            [13, 15]], dtype=uint8)
     """
-    nd = len(kernel_shape)
+    window = _window(kernel_shape, strides, pads, dilations)
     return _C.max_pool_int8(
-        np.ascontiguousarray(x),
-        [int(k) for k in kernel_shape],
-        _ints(strides, nd, 1),
-        _ints(pads, 2 * nd, 0),
-        _ints(dilations, nd, 1),
-        bool(ceil_mode),
-        bool(channels_last),
-        out,
+        np.ascontiguousarray(x), *window, bool(ceil_mode), bool(channels_last), out
     )
