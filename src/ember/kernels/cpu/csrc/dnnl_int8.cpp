@@ -407,11 +407,7 @@ class QMatMulKernel {
   int64_t N() const { return N_; }
 
   void output_shape(const int64_t* a, int a_ndim, int64_t* y) const {
-    if (a_ndim < 1 || a[a_ndim - 1] != K_)
-      invalid("QMatMul: a must be (..., " + std::to_string(K_) + ") to match b's K=" +
-              std::to_string(K_) + ", got shape " + shape_str(a, a_ndim));
-    for (int i = 0; i + 1 < a_ndim; ++i) y[i] = a[i];
-    y[a_ndim - 1] = N_;
+    matmul_output_shape("QMatMul", K_, N_, a, a_ndim, y);
   }
 
   // a: (M, K) rows (f32 when dynamic, else s_.a_type), y: (M, N); without the GIL.

@@ -435,6 +435,16 @@ class ConvKernel {
 // MatMul with a constant B: y = act(alpha * a @ B + bias), a (..., K) -> (..., N)
 // ---------------------------------------------------------------------------------------------
 
+// y = a's shape with the last axis K -> N, for a matmul by a constant (K, N) B; `who` names it.
+inline void matmul_output_shape(const char* who, int64_t K, int64_t N, const int64_t* a,
+                                int a_ndim, int64_t* y) {
+  if (a_ndim < 1 || a[a_ndim - 1] != K)
+    invalid(std::string(who) + ": a must be (..., " + std::to_string(K) + ") to match b's K=" +
+            std::to_string(K) + ", got shape " + shape_str(a, a_ndim));
+  for (int i = 0; i + 1 < a_ndim; ++i) y[i] = a[i];
+  y[a_ndim - 1] = N;
+}
+
 struct MatMulPlan {
   std::unique_ptr<Exec> mm;
   std::unique_ptr<Exec> to_bf16;
@@ -471,13 +481,8 @@ class MatMulKernel {
     }
   }
 
-  // y = a's shape with the last axis K -> N.
   void output_shape(const int64_t* a, int a_ndim, int64_t* y) const {
-    if (a_ndim < 1 || a[a_ndim - 1] != K_)
-      invalid("MatMul: a must be (..., " + std::to_string(K_) + ") to match b's K=" +
-              std::to_string(K_) + ", got shape " + shape_str(a, a_ndim));
-    for (int i = 0; i + 1 < a_ndim; ++i) y[i] = a[i];
-    y[a_ndim - 1] = N_;
+    matmul_output_shape("MatMul", K_, N_, a, a_ndim, y);
   }
 
   // a: (M, K) rows, y: (M, N); run without the GIL.
