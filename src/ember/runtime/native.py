@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
 
 from ember.ops.registry import EMBER_DOMAIN
+
+if TYPE_CHECKING:
+    from ember.kernels.cpu.dnnl import BufferRef  # a Program buffer: (number, shape)
 
 F32 = np.dtype(np.float32)
 
@@ -43,10 +46,6 @@ class Kernel:
     # not take: no float32-only check in front of it.
     any_dtype: bool = False
     lower: Callable[[Sequence[BufferRef | None], BufferRef], Any] | None = None
-
-
-#: a buffer of a C++ Program: (buffer number, shape)
-BufferRef = tuple[int, tuple[int, ...]]
 
 
 def _data(ins: Sequence[BufferRef | None]) -> BufferRef:
